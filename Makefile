@@ -1,0 +1,55 @@
+# alignlab — `make rlhf` runs the InstructGPT recipe, `make test` runs the tests.
+# Every target that needs the virtualenv depends on it, so each is a complete first command.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch first, pinned: its CPU build is the one on this machine; an unpinned torch pulls CUDA.
+TORCH  := torch==2.13.0
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test test-all rlhf sft dpo rejection lint format docs clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+rlhf: install
+	$(VENV)/bin/alignlab run recipes/instructgpt.yaml
+
+sft: install
+	$(VENV)/bin/alignlab run recipes/sft.yaml
+
+dpo: install
+	$(VENV)/bin/alignlab run recipes/dpo.yaml
+
+rejection: install
+	$(VENV)/bin/alignlab run recipes/rejection_sampling.yaml
+
+lint: install
+	$(VENV)/bin/ruff check alignlab tests
+	$(VENV)/bin/ruff format --check alignlab tests
+
+format: install
+	$(VENV)/bin/ruff format alignlab tests
+	$(VENV)/bin/ruff check --fix alignlab tests
+
+docs: install
+	$(PY) -m alignlab.docs_check docs README.md
+
+clean:
+	rm -rf $(VENV) artifacts wandb runs .pytest_cache

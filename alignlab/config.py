@@ -1,0 +1,192 @@
+"""Typed configs: dataclasses loaded strictly from YAML/dicts.
+
+Every stage config is a dataclass whose fields are documented once (in the class docstring) and
+nested by topic (``model``, ``data``, ``train``, ``lora`` ...). ``load_config`` builds one from a
+plain mapping and refuses unknown keys (naming the closest valid one) and wrong types (naming the
+key and the expected type), so a typo in a recipe fails before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from alignlab.errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], data: Mapping[str, Any] | T | None = None, where: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, strictly.
+
+    Args:
+        cls: a dataclass type.
+        data: a mapping (e.g. parsed YAML), an instance of ``cls`` (returned as is) or None.
+        where: dotted prefix for error messages, e.g. ``"stages.sft.config"``.
+
+    Raises:
+        ConfigError: an unknown key (with the closest valid one) or a value of the wrong type.
+    """
+    if data is None:
+        return cls()
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of settings, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{path}'{did_you_mean(str(key), fields)}; "
+                f"valid keys here: {', '.join(sorted(fields))}"
+            )
+        kwargs[key] = _convert(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        if issubclass(tp, enum.Enum):
+            return "one of " + ", ".join(repr(m.value) for m in tp)
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"'{path}': expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in get_args(tp):
+            return value
+        choices = [str(a) for a in get_args(tp)]
+        raise ConfigError(
+            f"'{path}': expected one of {', '.join(map(repr, get_args(tp)))}, got {value!r}"
+            f"{did_you_mean(str(value), choices)}"
+        )
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{path}': expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{path}': expected a mapping, got {value!r}")
+        _, val_tp = get_args(tp) or (str, Any)
+        return {k: _convert(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return load_config(tp, value, path)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = [str(m.value) for m in tp]
+            raise ConfigError(
+                f"'{path}': expected {_type_name(tp)}, got {value!r}{did_you_mean(str(value), choices)}"
+            ) from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{path}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{path}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"'{path}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"'{path}': expected a string, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (enums by value)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML: ``3`` is an int, ``true`` a bool)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``data[k1][k2]...[kn] = value``, creating mappings on the way."""
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set '{'.'.join(keys)}': '{k}' is not a mapping")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.path=value`` override applied."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        set_path(out, keys, value)
+    return out

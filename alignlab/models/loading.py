@@ -1,0 +1,108 @@
+"""Load models from any reference: a registry artifact, an adapter artifact, a path or a hub id.
+
+Weights load from safetensors only, and `trust_remote_code` stays off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alignlab.errors import ConfigError, ReferenceNotFound
+
+if TYPE_CHECKING:
+    from alignlab.registry import Artifact, ExternalRef, Registry
+
+log = logging.getLogger(__name__)
+
+
+def resolve(ref: str | Artifact | ExternalRef, registry: Registry | None = None) -> Artifact | ExternalRef:
+    """Resolve a reference with ``registry`` (the default registry when None)."""
+    from alignlab.registry import Artifact, ExternalRef, Registry
+
+    if isinstance(ref, (Artifact, ExternalRef)):
+        return ref
+    return (registry or Registry()).resolve(ref)
+
+
+def model_location(target: Artifact | ExternalRef) -> str:
+    """What to hand to ``from_pretrained``: the artifact folder, a local path or a hub id."""
+    return str(target.path) if hasattr(target, "path") else target.location
+
+
+def _from_pretrained(auto_cls: Any, location: str, *, trust_remote_code: bool, dtype: Any = None,
+                     **kwargs: Any) -> Any:
+    try:
+        return auto_cls.from_pretrained(
+            location, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype, **kwargs
+        )
+    except OSError as err:
+        raise ReferenceNotFound(
+            f"could not load a model from {location!r}: {err}. A hub id needs network access or a "
+            "local cache (HF_HUB_OFFLINE=1 is set by default); weights must be in safetensors format."
+        ) from err
+
+
+def load_tokenizer(ref: str | Artifact | ExternalRef, registry: Registry | None = None, *,
+                   trust_remote_code: bool = False):
+    """The tokenizer stored beside a model (for an adapter: beside the adapter, else its base)."""
+    from transformers import AutoTokenizer
+
+    from alignlab.models.tokenizer import ensure_chat_ready
+
+    target = resolve(ref, registry)
+    location = model_location(target)
+    if getattr(target, "kind", None) == "adapter" and not (Path(location) / "tokenizer_config.json").exists():
+        return load_tokenizer(_adapter_base(target, registry), registry, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ReferenceNotFound(f"could not load a tokenizer from {location!r}: {err}") from err
+    ensure_chat_ready(tok)
+    return tok
+
+
+def _adapter_base(target: Artifact, registry: Registry | None) -> str:
+    base = target.inputs.get("model") or (target.parents[0] if target.parents else None)
+    if base is None:
+        raise ConfigError(f"adapter artifact {target.ref} records no base model")
+    return base if not base.startswith(("hf:", "path:")) else base.split(":", 1)[1]
+
+
+def load_causal_lm(ref: str | Artifact | ExternalRef, registry: Registry | None = None, *,
+                   trust_remote_code: bool = False, dtype: Any = None, merge_adapter: bool = False,
+                   **model_kwargs: Any):
+    """Load ``(model, tokenizer)`` for a causal LM reference.
+
+    An adapter artifact is composed with its base (its parent); ``merge_adapter`` folds it in.
+    ``model_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config`` for QLoRA).
+
+    Example:
+        >>> model, tok = load_causal_lm("sft")            # doctest: +SKIP
+        >>> model, tok = load_causal_lm("./my-checkpoint")  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM
+
+    target = resolve(ref, registry)
+    tokenizer = load_tokenizer(target, registry, trust_remote_code=trust_remote_code)
+    if getattr(target, "kind", None) == "adapter":
+        from peft import PeftModel
+
+        base, _ = load_causal_lm(_adapter_base(target, registry), registry,
+                                 trust_remote_code=trust_remote_code, dtype=dtype, **model_kwargs)
+        model = PeftModel.from_pretrained(base, str(target.path))
+        if merge_adapter:
+            model = model.merge_and_unload()
+        return model, tokenizer
+    model = _from_pretrained(AutoModelForCausalLM, model_location(target),
+                             trust_remote_code=trust_remote_code, dtype=dtype, **model_kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
+    """Save a model (safetensors) and its tokenizer in Hugging Face format."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

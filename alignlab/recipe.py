@@ -1,0 +1,218 @@
+"""Recipes: an ordered list of named stage entries in YAML, validated before anything trains.
+
+```yaml
+# alignlab run recipes/sft.yaml
+name: sft
+stages:
+  - name: base                 # the entry's name is also its artifact's name
+    stage: tiny_base
+    config: {size: demo}
+  - name: pretrain
+    stage: pretrain
+    inputs: {model: base}      # an earlier entry, or any registry reference (sft:v3, org/model, ./path)
+    config: {train: {epochs: 2}}
+```
+
+Overrides on the command line address an entry by name (``pretrain.train.lr=3e-4``), or every
+entry with ``*`` (``*.eval.gold_n=50``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignlab.config import ConfigError, load_config, parse_override, set_path
+from alignlab.errors import did_you_mean
+from alignlab.registry import Artifact, Registry
+from alignlab.stages import STAGES
+
+log = logging.getLogger("alignlab")
+
+ENTRY_KEYS = ("name", "stage", "inputs", "config")
+
+
+def stage_inputs(stage_cls: type) -> list[str]:
+    """The input roles a stage's ``run`` takes (its keyword-only parameters but ``force``)."""
+    params = inspect.signature(stage_cls.run).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "force"]
+
+
+@dataclass
+class Entry:
+    """One validated recipe entry: a stage instance and its input references."""
+
+    name: str
+    stage: str
+    inputs: dict[str, str]
+    runner: Any
+
+    @property
+    def config(self) -> Any:
+        return self.runner.config
+
+
+@dataclass
+class Recipe:
+    """A validated recipe."""
+
+    name: str
+    entries: list[Entry]
+    path: str = "<recipe>"
+    description: str = ""
+
+    def entry(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise ConfigError(f"{self.path}: no entry named {name!r}{did_you_mean(name, [e.name for e in self.entries])}")
+
+
+@dataclass
+class StageResult:
+    """What running one entry produced."""
+
+    entry: str
+    stage: str
+    artifact: Artifact
+    seconds: float
+    reused: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
+    import copy
+
+    raw = copy.deepcopy(raw)
+    entries = raw.get("stages") or []
+    by_name = {e.get("name"): e for e in entries if isinstance(e, dict)}
+    for item in overrides:
+        keys, value = parse_override(item)
+        head, rest = keys[0], keys[1:]
+        if head in ("name", "description"):
+            raw[head] = value
+            continue
+        targets = list(by_name.values()) if head == "*" else [by_name.get(head)]
+        if targets == [None]:
+            raise ConfigError(
+                f"override {item!r}: {where} has no entry {head!r}{did_you_mean(head, by_name)}; "
+                f"entries: {', '.join(map(str, by_name))}"
+            )
+        if not rest:
+            raise ConfigError(f"override {item!r} must name a setting inside the entry, e.g. {head}.train.lr=1e-4")
+        for entry in targets:
+            if rest[0] == "inputs":
+                set_path(entry, rest, value)
+            else:
+                entry.setdefault("config", {})
+                set_path(entry["config"], rest, value)
+    return raw
+
+
+def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping (every entry's stage, inputs and config) and apply overrides."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a recipe is a mapping with 'name' and 'stages'")
+    unknown = set(raw) - {"name", "description", "stages"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{where}: unknown top-level key {key!r}{did_you_mean(key, ['name', 'description', 'stages'])}")
+    raw = _apply_overrides(raw, overrides, where)
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{where}: 'stages' must be a non-empty list of entries")
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    for i, item in enumerate(stages):
+        at = f"{where}: stages[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at}: an entry is a mapping with {', '.join(ENTRY_KEYS)}")
+        for key in item:
+            if key not in ENTRY_KEYS:
+                raise ConfigError(f"{at}: unknown key {key!r}{did_you_mean(key, ENTRY_KEYS)}")
+        name, stage = item.get("name"), item.get("stage")
+        if not name or not isinstance(name, str):
+            raise ConfigError(f"{at}: every entry needs a 'name'")
+        if name in seen:
+            raise ConfigError(f"{at}: entry name {name!r} is used twice")
+        at = f"{where}: stages[{i}] ({name})"
+        if stage not in STAGES:
+            raise ConfigError(f"{at}: unknown stage {stage!r}{did_you_mean(str(stage), STAGES)}; "
+                              f"stages: {', '.join(STAGES)}")
+        cls = STAGES[stage]
+        inputs = item.get("inputs") or {}
+        if not isinstance(inputs, dict):
+            raise ConfigError(f"{at}.inputs: expected a mapping of role: reference")
+        roles = stage_inputs(cls)
+        for role, ref in inputs.items():
+            if role not in roles:
+                raise ConfigError(f"{at}.inputs: stage {stage!r} takes no input {role!r}"
+                                  f"{did_you_mean(role, roles)}; inputs: {', '.join(roles) or 'none'}")
+            if not isinstance(ref, str) or not ref:
+                raise ConfigError(f"{at}.inputs.{role}: expected a reference string, got {ref!r}")
+        config = dict(item.get("config") or {})
+        config.setdefault("output", name)
+        runner = cls(load_config(cls.config_cls, config, where=f"{at}.config"))
+        entries.append(Entry(name=name, stage=stage, inputs={k: str(v) for k, v in inputs.items()}, runner=runner))
+        seen.add(name)
+    return Recipe(name=str(raw.get("name") or Path(where).stem), entries=entries, path=where,
+                  description=str(raw.get("description") or ""))
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return parse_recipe(raw, overrides, where=str(path))
+
+
+def plan(recipe: Recipe) -> list[str]:
+    """Human-readable lines: what each entry will run, on what."""
+    lines = [f"recipe {recipe.name} ({len(recipe.entries)} stages)"]
+    names = {e.name for e in recipe.entries}
+    for i, e in enumerate(recipe.entries, 1):
+        ins = ", ".join(f"{role}={ref}{' (entry)' if ref in names else ''}" for role, ref in e.inputs.items())
+        lines.append(f"  {i}. {e.name}: {e.stage}({ins or 'no inputs'}) -> artifact '{e.config.output}'")
+    return lines
+
+
+def run_recipe(recipe: Recipe, registry: Registry | None = None, *, force: bool | Sequence[str] = False,
+               dry_run: bool = False) -> list[StageResult]:
+    """Run the entries in order; an input naming an earlier entry gets that entry's artifact.
+
+    Args:
+        force: True retrains every entry; a list of entry names retrains those.
+        dry_run: validate and resolve references, train nothing.
+    """
+    registry = registry or Registry()
+    produced: dict[str, Artifact] = {}
+    results: list[StageResult] = []
+    for e in recipe.entries:
+        inputs = {role: produced[ref].id if ref in produced else ref for role, ref in e.inputs.items()}
+        if dry_run:
+            for role, ref in e.inputs.items():
+                if ref not in produced and ref not in {x.name for x in recipe.entries}:
+                    registry.resolve(ref)
+            continue
+        entry_force = force if isinstance(force, bool) else e.name in force
+        started = time.perf_counter()
+        before = {a.id for a in registry.list(e.config.output)}
+        artifact = e.runner.run(registry, force=entry_force, **inputs)
+        seconds = time.perf_counter() - started
+        produced[e.name] = artifact
+        results.append(StageResult(e.name, e.stage, artifact, seconds, reused=artifact.id in before))
+        log.info("%s -> %s (%s, %.1fs)", e.name, artifact.ref, "reused" if artifact.id in before else "trained",
+                 seconds)
+    return results

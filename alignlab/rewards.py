@@ -1,0 +1,122 @@
+"""Rewards are swappable: a reward-model artifact or a plain Python callable, one interface.
+
+Wherever a stage accepts a reward model it also accepts
+``reward_fn(prompts: list[str], responses: list[str]) -> list[float]`` — as an object in Python,
+or as an import path ``"package.module:function"`` in YAML (``py:`` prefix optional).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from alignlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alignlab.registry import Artifact, ExternalRef, Registry
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+
+class Scorer(Protocol):
+    """Scores (prompt, response) pairs; higher is better."""
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]: ...
+
+
+def import_reward_fn(path: str) -> RewardFn:
+    """Import ``"package.module:function"`` and check it is callable."""
+    module_name, _, attr = path.removeprefix("py:").partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"reward function {path!r}: cannot import module {module_name!r}: {err}") from err
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"reward function {path!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+class FunctionScorer:
+    """Wraps a user reward function; checks it returns one finite number per response."""
+
+    def __init__(self, fn: RewardFn, name: str = "") -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__qualname__", repr(fn))
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        scores = [float(s) for s in self.fn(list(prompts), list(responses))]
+        if len(scores) != len(responses):
+            raise ConfigError(f"reward function {self.name} returned {len(scores)} scores for {len(responses)} responses")
+        if not all(torch.isfinite(torch.tensor(scores))):
+            raise ConfigError(f"reward function {self.name} returned a non-finite score")
+        return scores
+
+
+class RewardModelScorer:
+    """Scores with a sequence-classification reward model (one scalar per chat transcript)."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, max_length: int = 512) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def texts(self, prompts: list[str], responses: list[str]) -> list[str]:
+        """Chat transcripts as the reward model was trained on them (prompt turn + response turn)."""
+        return [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+            )
+            for p, r in zip(prompts, responses)
+        ]
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        device = next(self.model.parameters()).device
+        texts = self.texts(prompts, responses)
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                   truncation=True, max_length=self.max_length, add_special_tokens=False)
+            out = self.model(**{k: v.to(device) for k, v in batch.items()}).logits  # (B, 1)
+            scores.extend(out[:, 0].float().tolist())
+        return scores
+
+
+def load_reward_model(ref: str | Artifact | ExternalRef, registry: Registry | None = None, *,
+                      trust_remote_code: bool = False, dtype: Any = None):
+    """Load ``(model, tokenizer)`` of a reward model (AutoModelForSequenceClassification, 1 label)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignlab.models.loading import _from_pretrained, load_tokenizer, model_location, resolve
+
+    target = resolve(ref, registry)
+    tokenizer = load_tokenizer(target, registry, trust_remote_code=trust_remote_code)
+    model = _from_pretrained(AutoModelForSequenceClassification, model_location(target),
+                             trust_remote_code=trust_remote_code, dtype=dtype, num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_scorer(reward: str | RewardFn | Any, registry: Registry | None = None, *,
+                batch_size: int = 32) -> Scorer:
+    """A scorer from a reward-model reference, an import path, or a callable."""
+    if callable(reward) and not isinstance(reward, str):
+        return FunctionScorer(reward)
+    if not isinstance(reward, str) or not reward:
+        raise ConfigError(f"reward must be a reward-model reference, 'module:function' or a callable, got {reward!r}")
+    if reward.startswith("py:") or _looks_like_import_path(reward):
+        return FunctionScorer(import_reward_fn(reward), name=reward)
+    model, tok = load_reward_model(reward, registry)
+    return RewardModelScorer(model, tok, batch_size=batch_size)
+
+
+def _looks_like_import_path(ref: str) -> bool:
+    """``pkg.mod:fn`` — a dotted module and an identifier; registry refs look like ``name:v3``."""
+    module, sep, attr = ref.partition(":")
+    return bool(sep) and attr.isidentifier() and "." in module and "/" not in module

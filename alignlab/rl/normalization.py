@@ -1,0 +1,120 @@
+"""Normalising sequence scores before they become PPO rewards.
+
+A reward model's raw scale is arbitrary; PPO is steadier when the score fed to it has mean 0 and
+unit spread. Three choices (:class:`RewardNormalization`): leave scores alone, standardise them
+with running moments of every score seen so far, or with the mean/std the reward model stage
+measured and stored in its artifact's metrics.
+
+Example:
+    >>> moments = RunningMoments()
+    >>> moments.update(scores)  # scores: (B,)
+    >>> rewards = normalize_scores(scores, moments.mean, moments.std, clip=5.0)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from alignlab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - the project venv is 3.11; kept so that 3.10 imports work
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+STD_EPS = 1e-8
+
+
+class RewardNormalization(StrEnum):
+    """Where the mean/std that standardise scores come from."""
+
+    NONE = "none"  # raw scores
+    RUNNING = "running"  # RunningMoments over every batch of scores seen so far
+    REWARD_MODEL = "reward_model"  # the reward model artifact's metrics (see score_moments_from_metrics)
+
+
+class RunningMoments:
+    """Running mean and unbiased std of every value passed to :meth:`update`.
+
+    Batches are merged with Chan et al.'s parallel algorithm (exact, not an exponential average);
+    accumulation is in float64. Before two values have been seen, ``std`` is 1 and ``mean`` 0, so
+    normalising with them is the identity.
+    """
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations from the mean
+        self.count = 0
+
+    @property
+    def var(self) -> float:
+        """Unbiased variance of everything seen (1 before two values)."""
+        return self.m2 / (self.count - 1) if self.count > 1 else 1.0
+
+    @property
+    def std(self) -> float:
+        """Unbiased standard deviation of everything seen (1 before two values)."""
+        return math.sqrt(self.var)
+
+    def update(self, x: Tensor) -> tuple[float, float]:
+        """Fold a batch (any shape, all elements count) in; return its own mean and unbiased std.
+
+        The batch std is 0 for a batch of one value.
+        """
+        x = x.detach().flatten().to(dtype=torch.float64)
+        n = x.numel()
+        if n == 0:
+            raise ValueError("RunningMoments.update got an empty tensor")
+        batch_mean = float(x.mean())
+        batch_m2 = float((x - batch_mean).square().sum())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        self.count = total
+        return batch_mean, math.sqrt(batch_m2 / (n - 1)) if n > 1 else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "m2": self.m2, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.mean = float(state["mean"])
+        self.m2 = float(state["m2"])
+        self.count = int(state["count"])
+
+
+def normalize_scores(scores: Tensor, mean: float, std: float, clip: float | None = None) -> Tensor:
+    """``(scores - mean) / std``, then clipped to ``[-clip, clip]`` when ``clip`` is given.
+
+    scores: any shape, typically (B,). ``std`` is floored at 1e-8 so constant scores do not blow
+    up.
+    """
+    normalized = (scores - mean) / max(float(std), STD_EPS)
+    return normalized if clip is None else normalized.clamp(-clip, clip)
+
+
+def score_moments_from_metrics(
+    metrics: Mapping[str, Any], mean_key: str = "score_mean", std_key: str = "score_std"
+) -> tuple[float, float]:
+    """The (mean, std) of reward-model scores stored in an artifact's ``metrics``.
+
+    Used by :attr:`RewardNormalization.REWARD_MODEL`; the key names are the reward stage's.
+    """
+    missing = [key for key in (mean_key, std_key) if key not in metrics]
+    if missing:
+        raise ConfigError(
+            f"reward_normalization='reward_model' needs {missing} in the reward model's metrics "
+            f"(it has {sorted(metrics)}); use 'running' instead, or re-run the reward stage"
+        )
+    return float(metrics[mean_key]), float(metrics[std_key])

@@ -1,0 +1,108 @@
+"""Config groups shared by several stages (``train``, ``lora``, ``eval``, ``tracking``).
+
+Each field is documented once, here; stage configs nest these groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ReportTo(StrEnum):
+    """Where training metrics go besides the console and the artifact."""
+
+    NONE = "none"
+    WANDB = "wandb"  # offline unless the user logged in and set WANDB_MODE=online
+    TENSORBOARD = "tensorboard"
+
+
+class AdapterMethod(StrEnum):
+    """How the weights are adapted: all of them, or a small set of new ones (peft)."""
+
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"  # 4-bit NF4 base + LoRA; needs CUDA and bitsandbytes
+    PROMPT_TUNING = "prompt_tuning"  # trains only `num_virtual_tokens` soft prompt vectors
+
+
+@dataclass
+class TrainGroup:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: passes over the training data (ignored when max_steps > 0).
+        max_steps: optimiser steps; overrides epochs when > 0.
+        lr: peak learning rate (AdamW).
+        batch_size: sequences per device per optimiser step (before accumulation).
+        grad_accum: gradient accumulation steps.
+        warmup_ratio: share of steps with linear warmup.
+        weight_decay: AdamW weight decay.
+        lr_scheduler: transformers scheduler name (cosine, linear, constant, ...).
+        max_grad_norm: gradient clipping norm.
+        seed: seed for data order and initialisation.
+        logging_steps: log every N optimiser steps.
+    """
+
+    epochs: float = 1.0
+    max_steps: int = -1
+    lr: float = 1e-4
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    logging_steps: int = 10
+
+
+@dataclass
+class AdapterGroup:
+    """Parameter-efficient fine-tuning (peft).
+
+    Attributes:
+        method: full | lora | qlora | prompt_tuning.
+        r: LoRA rank. alpha: LoRA scaling numerator. dropout: LoRA dropout.
+        target_modules: module names to adapt ("all-linear" = every linear layer but the head).
+        num_virtual_tokens: soft prompt length for prompt tuning.
+        merge: publish a merged full model (True) or an adapter artifact whose parent is its base.
+    """
+
+    method: AdapterMethod = AdapterMethod.FULL
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    num_virtual_tokens: int = 8
+    merge: bool = True
+
+
+@dataclass
+class EvalGroup:
+    """Evaluation run at the end of a stage.
+
+    Attributes:
+        gold: score the model with the testbed's gold scorer (only meaningful on testbed data).
+        gold_n: number of held-out testbed prompts to score.
+        max_new_tokens: generation length for evaluation.
+    """
+
+    gold: bool = True
+    gold_n: int = 200
+    max_new_tokens: int = 32
+
+
+@dataclass
+class TrackingGroup:
+    """Experiment tracking.
+
+    Attributes:
+        report_to: none | wandb | tensorboard.
+        run_name: run name (defaults to the artifact name).
+        project: wandb project.
+    """
+
+    report_to: ReportTo = ReportTo.NONE
+    run_name: str | None = None
+    project: str = "alignlab"

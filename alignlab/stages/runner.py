@@ -1,0 +1,141 @@
+"""What every stage does around its training: resolve inputs, fingerprint, reuse or publish.
+
+Stages compose these functions (no base class): a stage's ``run`` loads and validates its data,
+then calls :func:`run_stage` with a ``body`` that trains and writes into the staging folder.
+Nothing is published unless ``body`` returns normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignlab.config import to_dict
+from alignlab.errors import ConfigError
+from alignlab.registry import Artifact, ExternalRef, Publication, Registry, fingerprint
+from alignlab.stages.groups import TrackingGroup, TrainGroup
+
+log = logging.getLogger("alignlab")
+
+Resolved = Artifact | ExternalRef
+
+
+@dataclass
+class StageRun:
+    """What a stage body gets: resolved inputs, loaded data, and the publication to fill."""
+
+    registry: Registry
+    inputs: dict[str, Resolved]
+    data: dict[str, Any]
+    out: Publication
+
+    @property
+    def dir(self) -> Path:
+        return self.out.dir
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.out.metrics
+
+
+def resolve_inputs(registry: Registry, refs: Mapping[str, str | Artifact | None],
+                   required: tuple[str, ...] = ()) -> dict[str, Resolved]:
+    """Resolve each named input reference; a required one that is missing is a ConfigError."""
+    resolved: dict[str, Resolved] = {}
+    for role in required:
+        if not refs.get(role):
+            raise ConfigError(f"input '{role}' is required: pass {role}=REFERENCE (e.g. {role}=sft)")
+    for role, ref in refs.items():
+        if ref:
+            resolved[role] = registry.resolve(ref)
+    return resolved
+
+
+def data_entry(role: str, records: Any) -> dict[str, Any]:
+    """The lineage record of one loaded data source (alignlab.data.Records)."""
+    return {"role": role, "source": records.source, "fingerprint": records.fingerprint,
+            "records": len(records.records)}
+
+
+def run_stage(*, stage: str, name: str, kind: str, config: Any, registry: Registry,
+              inputs: Mapping[str, Resolved], data: Mapping[str, Any], force: bool,
+              body: Callable[[StageRun], None]) -> Artifact:
+    """Reuse the artifact with the same fingerprint, or run ``body`` and publish what it wrote."""
+    resolved_config = to_dict(config)
+    input_ids = {role: target.id for role, target in inputs.items()}
+    data_fps = sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items())
+    fp = fingerprint(stage, resolved_config, input_ids, data_fps)
+    if not force:
+        hit = registry.find_fingerprint(fp)
+        if hit is not None:
+            log.info("%s: reusing %s (same fingerprint %s; --force retrains)", stage, hit.ref, fp)
+            return hit
+    parents = [target.id for target in inputs.values()]
+    for rec in data.values():  # a dataset artifact used as data is a parent too
+        artifact = getattr(rec, "artifact", None)
+        if artifact is not None:
+            parents.append(artifact.id)
+    with registry.publishing(
+        name, kind=kind, stage=stage, parents=parents,
+        inputs={role: getattr(t, "ref", None) or t.id for role, t in inputs.items()},
+        data=[data_entry(role, rec) for role, rec in data.items()],
+        config=resolved_config, fingerprint=fp,
+    ) as pub:
+        body(StageRun(registry=registry, inputs=dict(inputs), data=dict(data), out=pub))
+    log.info("%s: published %s", stage, pub.artifact.ref)
+    return pub.artifact
+
+
+def hf_training_args(train: TrainGroup, tracking: TrackingGroup, run_name: str, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments for transformers' TrainingArguments (and TRL configs built on it)."""
+    report_to = [] if tracking.report_to == "none" else [str(tracking.report_to)]
+    if tracking.report_to == "wandb":
+        import os
+
+        os.environ.setdefault("WANDB_PROJECT", tracking.project)
+    return dict(
+        output_dir=tempfile.mkdtemp(prefix=f"alignlab-{run_name}-"),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.lr,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        warmup_steps=train.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.lr_scheduler,
+        max_grad_norm=train.max_grad_norm,
+        seed=train.seed,
+        data_seed=train.seed,
+        logging_steps=train.logging_steps,
+        save_strategy="no",
+        report_to=report_to,
+        run_name=tracking.run_name or run_name,
+        use_cpu=not _has_accelerator(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        # off by default: on small models recomputation costs more than the memory it saves
+        # (TRL turns it on by default); the distributed group turns it on for large models
+        gradient_checkpointing=False,
+        **extra,
+    )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def log_history_metrics(history: list[dict[str, Any]], prefix: str = "train") -> dict[str, Any]:
+    """Loss curve and final loss from a transformers Trainer's ``state.log_history``."""
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    out: dict[str, Any] = {f"{prefix}_loss_curve": losses}
+    if losses:
+        out[f"{prefix}_loss_first"] = losses[0][1]
+        out[f"{prefix}_loss_last"] = losses[-1][1]
+    return out

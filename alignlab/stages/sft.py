@@ -1,0 +1,129 @@
+"""`SFT`: supervised fine-tuning on demonstrations, with TRL's SFTTrainer underneath.
+
+Loss on the assistant tokens only by default, chat-template formatting, optional packing; full
+fine-tuning, LoRA, QLoRA (CUDA) or prompt tuning through peft.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from alignlab.config import load_config
+from alignlab.registry import Artifact, Registry
+from alignlab.stages.evaluation import gold_metrics, uses_testbed
+from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.runner import StageRun, hf_training_args, log_history_metrics, resolve_inputs, run_stage
+
+log = logging.getLogger("alignlab")
+
+
+@dataclass
+class SFTData:
+    """Demonstrations.
+
+    Attributes:
+        source: a file (messages / Alpaca / ShareGPT / prompt-completion; json, jsonl, parquet, csv),
+            `testbed:sft`, a dataset artifact reference or a hub dataset name.
+        format: "auto" to detect from the keys, or a format name to force.
+        strict: fail on the first bad record (True) or drop bad records and report them (False).
+        max_length: longest tokenized example; longer ones are truncated from the end.
+        limit: use only the first N records.
+    """
+
+    source: str = "testbed:sft"
+    format: str = "auto"
+    strict: bool = True
+    max_length: int = 256
+    limit: int | None = None
+
+
+@dataclass
+class SFTConfig:
+    """Settings of an SFT run.
+
+    Attributes:
+        output: artifact name to publish.
+        data: demonstrations.
+        train: optimisation.
+        adapter: full | lora | qlora | prompt_tuning.
+        loss_on: "assistant" (default: prompt tokens masked out of the loss) or "all".
+        packing: pack several examples per sequence (TRL best-fit-decreasing packing).
+        eval: end-of-stage gold evaluation (testbed only).
+        tracking: wandb / tensorboard.
+    """
+
+    output: str = "sft"
+    data: SFTData = field(default_factory=SFTData)
+    train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=2.0, lr=5e-4, batch_size=16))
+    adapter: AdapterGroup = field(default_factory=AdapterGroup)
+    loss_on: Literal["assistant", "all"] = "assistant"
+    packing: bool = False
+    eval: EvalGroup = field(default_factory=EvalGroup)
+    tracking: TrackingGroup = field(default_factory=TrackingGroup)
+
+
+def conversations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Canonical SFT records as TRL's conversational rows (role and content of each message)."""
+    return [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+            for r in records]
+
+
+class SFT:
+    """Supervised fine-tuning.
+
+    Example:
+        >>> from alignlab import SFT, Registry
+        >>> sft = SFT({"data": {"source": "demos.jsonl"}, "adapter": {"method": "lora"}})
+        >>> art = sft.run(Registry(), model="pretrain")  # doctest: +SKIP
+        >>> art.metrics["gold_score"]  # doctest: +SKIP
+    """
+
+    name = "sft"
+    config_cls = SFTConfig
+
+    def __init__(self, config: SFTConfig | dict | None = None) -> None:
+        self.config = load_config(SFTConfig, config)
+
+    def run(self, registry: Registry | None = None, *, model: str | None = None, force: bool = False) -> Artifact:
+        from alignlab.data import load_records
+        from alignlab.models.adapters import publishes_adapter, quantization_kwargs
+
+        cfg = self.config
+        registry = registry or Registry()
+        quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
+        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
+        demos = load_records(cfg.data.source, kind="sft", registry=registry, format=cfg.data.format,
+                             strict=cfg.data.strict, limit=cfg.data.limit)
+        kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
+        return run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
+                         inputs=inputs, data={"train": demos}, force=force,
+                         body=lambda run: self._train(run, cfg))
+
+    def _train(self, run: StageRun, cfg: SFTConfig) -> None:
+        from datasets import Dataset
+        from trl import SFTConfig as TRLSFTConfig
+        from trl import SFTTrainer
+
+        from alignlab.models import load_causal_lm, save_model
+        from alignlab.models.adapters import finalize, peft_config, quantization_kwargs
+
+        model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
+        dataset = Dataset.from_list(conversations(run.data["train"].records))
+        args = TRLSFTConfig(
+            **hf_training_args(cfg.train, cfg.tracking, cfg.output),
+            max_length=cfg.data.max_length,
+            packing=cfg.packing,
+            assistant_only_loss=cfg.loss_on == "assistant",
+            dataset_num_proc=None,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                             peft_config=peft_config(cfg.adapter))
+        trainer.train()
+        trained = finalize(trainer.model, cfg.adapter)
+        metrics = log_history_metrics(trainer.state.log_history)
+        metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
+        save_model(trained, tok, run.dir)
+        run.metrics.update(metrics)
