@@ -109,6 +109,9 @@ class Artifact:
     files: dict[str, str]  # relative path -> sha256 (every file but artifact.json)
     aliases: list[str] = field(default_factory=list)
 
+    def __hash__(self) -> int:  # the generated hash would fail on the list and dict fields
+        return hash(self.id)
+
     @property
     def ref(self) -> str:
         return f"{self.name}:v{self.version}"
@@ -143,8 +146,13 @@ class ExternalRef:
         return "missing" if self.missing else "external"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "ref": self.ref, "kind": self.kind, "location": self.location,
-                "is_local": self.is_local}
+        return {
+            "id": self.id,
+            "ref": self.ref,
+            "kind": self.kind,
+            "location": self.location,
+            "is_local": self.is_local,
+        }
 
 
 @dataclass
@@ -187,7 +195,9 @@ class Registry:
         if isinstance(ref, os.PathLike):
             return self._resolve_path(Path(ref), str(ref))
         if not isinstance(ref, str) or not ref.strip():
-            raise ReferenceNotFound(f"empty or invalid reference {ref!r}: use a name such as 'sft' or 'sft:v2'")
+            raise ReferenceNotFound(
+                f"empty or invalid reference {ref!r}: use a name such as 'sft' or 'sft:v2'"
+            )
         ref = ref.strip()
         if ref.startswith("hf:"):
             if not ref[3:].strip():
@@ -232,11 +242,15 @@ class Registry:
         match = _VERSION_RE.match(version)
         if match is None:
             raise ReferenceNotFound(f"{ref!r}: bad version {version!r}; write {name}:v3 or {name}:latest")
-        found = self._one("SELECT record FROM artifacts WHERE name = ? AND version = ?", (name, int(match[1])))
+        found = self._one(
+            "SELECT record FROM artifacts WHERE name = ? AND version = ?", (name, int(match[1]))
+        )
         if found is not None:
             return found
-        versions = [row[0] for row in self._query("SELECT version FROM artifacts WHERE name = ? ORDER BY version",
-                                                  (name,))]
+        versions = [
+            row[0]
+            for row in self._query("SELECT version FROM artifacts WHERE name = ? ORDER BY version", (name,))
+        ]
         if not versions:
             raise self._not_found(ref)
         raise ReferenceNotFound(
@@ -247,15 +261,20 @@ class Registry:
     def _by_alias(self, ref: str, name: str, alias: str) -> Artifact:
         found = self._one(
             "SELECT a.record FROM aliases l JOIN artifacts a ON a.id = l.artifact_id "
-            "WHERE l.name = ? AND l.alias = ?", (name, alias)
+            "WHERE l.name = ? AND l.alias = ?",
+            (name, alias),
         )
         if found is not None:
             return found
-        aliases = [row[0] for row in self._query("SELECT alias FROM aliases WHERE name = ? ORDER BY alias", (name,))]
+        aliases = [
+            row[0] for row in self._query("SELECT alias FROM aliases WHERE name = ? ORDER BY alias", (name,))
+        ]
         if not self._query("SELECT 1 FROM artifacts WHERE name = ? LIMIT 1", (name,)):
             raise self._not_found(ref)
         known = ", ".join(aliases) if aliases else "none yet (add one with `alignlab artifacts tag`)"
-        raise ReferenceNotFound(f"{name!r} has no alias {alias!r}{did_you_mean(alias, aliases)}; its aliases: {known}")
+        raise ReferenceNotFound(
+            f"{name!r} has no alias {alias!r}{did_you_mean(alias, aliases)}; its aliases: {known}"
+        )
 
     def _resolve_path(self, path: Path, ref: str) -> Artifact | ExternalRef:
         path = path.expanduser().resolve()
@@ -266,8 +285,10 @@ class Registry:
         except ValueError:
             rel = None
         if rel is not None and len(rel.parts) == 2 and re.fullmatch(r"v\d+", rel.parts[1]):
-            found = self._one("SELECT record FROM artifacts WHERE name = ? AND version = ?",
-                              (rel.parts[0], int(rel.parts[1][1:])))
+            found = self._one(
+                "SELECT record FROM artifacts WHERE name = ? AND version = ?",
+                (rel.parts[0], int(rel.parts[1][1:])),
+            )
             if found is not None:
                 return found
         return ExternalRef(ref, str(path), is_local=True)
@@ -297,7 +318,9 @@ class Registry:
 
     def find_fingerprint(self, fingerprint: str) -> Artifact | None:
         """The newest artifact with this fingerprint whose folder still exists, or None."""
-        rows = self._many("SELECT record FROM artifacts WHERE fingerprint = ? ORDER BY rowid DESC", (fingerprint,))
+        rows = self._many(
+            "SELECT record FROM artifacts WHERE fingerprint = ? ORDER BY rowid DESC", (fingerprint,)
+        )
         return next((art for art in rows if art.path.is_dir()), None)
 
     def children(self, ref: str | Artifact) -> list[Artifact]:
@@ -305,7 +328,8 @@ class Registry:
         art = self.get(ref)
         return self._many(
             "SELECT a.record FROM parents p JOIN artifacts a ON a.id = p.child WHERE p.parent = ? "
-            "ORDER BY a.name, a.version", (art.id,)
+            "ORDER BY a.name, a.version",
+            (art.id,),
         )
 
     def metrics_history(self, ref: str | Artifact) -> list[dict[str, Any]]:
@@ -346,7 +370,9 @@ class Registry:
         actual = _checksums(art.path)
         problems = [f"missing: {rel}" for rel in sorted(set(art.files) - set(actual))]
         problems += [f"extra: {rel}" for rel in sorted(set(actual) - set(art.files))]
-        problems += [f"changed: {rel}" for rel in sorted(set(art.files) & set(actual)) if art.files[rel] != actual[rel]]
+        problems += [
+            f"changed: {rel}" for rel in sorted(set(art.files) & set(actual)) if art.files[rel] != actual[rel]
+        ]
         if not (art.path / RECORD_FILE).is_file():
             problems.append(f"missing: {RECORD_FILE}")
         return problems
@@ -373,7 +399,9 @@ class Registry:
         check_name(name)
         kind = check_kind(kind)
         record: dict[str, Any] = {
-            "name": name, "kind": kind, "stage": str(stage),
+            "name": name,
+            "kind": kind,
+            "stage": str(stage),
             "parents": [self._parent_id(p) for p in parents],
             "inputs": {role: getattr(ref, "ref", ref) for role, ref in (inputs or {}).items()},
             "data": list(data or []),
@@ -400,7 +428,8 @@ class Registry:
             with self._transaction() as conn:
                 row = conn.execute(
                     "SELECT MAX(v) FROM (SELECT MAX(version) AS v FROM artifacts WHERE name = ? "
-                    "UNION ALL SELECT version FROM last_versions WHERE name = ?)", (name, name)
+                    "UNION ALL SELECT version FROM last_versions WHERE name = ?)",
+                    (name, name),
                 ).fetchone()
                 version = (row[0] or 0) + 1
                 record["version"] = version
@@ -423,13 +452,25 @@ class Registry:
         conn.execute(
             "INSERT INTO artifacts (id, name, version, kind, stage, fingerprint, created_at, record) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record["id"], record["name"], record["version"], record["kind"], record["stage"],
-             record["fingerprint"], record["created_at"], _dumps(record)),
+            (
+                record["id"],
+                record["name"],
+                record["version"],
+                record["kind"],
+                record["stage"],
+                record["fingerprint"],
+                record["created_at"],
+                _dumps(record),
+            ),
         )
-        conn.executemany("INSERT INTO parents (child, parent) VALUES (?, ?)",
-                         [(record["id"], p) for p in record["parents"]])
-        conn.execute("INSERT OR REPLACE INTO last_versions (name, version) VALUES (?, ?)",
-                     (record["name"], record["version"]))
+        conn.executemany(
+            "INSERT INTO parents (child, parent) VALUES (?, ?)",
+            [(record["id"], p) for p in record["parents"]],
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO last_versions (name, version) VALUES (?, ?)",
+            (record["name"], record["version"]),
+        )
         if record["metrics"]:
             conn.execute(
                 "INSERT INTO metrics_history (artifact_id, source, metrics, created_at) VALUES (?, ?, ?, ?)",
@@ -473,8 +514,10 @@ class Registry:
         if alias == "latest" or _VERSION_RE.match(alias):
             raise ConfigError(f"alias {alias!r} would be confused with a version; pick a word such as 'best'")
         with self._transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO aliases (name, alias, artifact_id) VALUES (?, ?, ?)",
-                         (art.name, alias, art.id))
+            conn.execute(
+                "INSERT OR REPLACE INTO aliases (name, alias, artifact_id) VALUES (?, ?, ?)",
+                (art.name, alias, art.id),
+            )
         return self.get(art.id)
 
     def remove(self, ref: str | Artifact, force: bool = False) -> None:
@@ -490,7 +533,8 @@ class Registry:
             with self._transaction() as conn:  # checked under the write lock: no child can appear meanwhile
                 children = conn.execute(
                     "SELECT a.name, a.version FROM parents p JOIN artifacts a ON a.id = p.child "
-                    "WHERE p.parent = ? ORDER BY a.name, a.version", (art.id,)
+                    "WHERE p.parent = ? ORDER BY a.name, a.version",
+                    (art.id,),
                 ).fetchall()
                 if children and not force:
                     raise RegistryError(
@@ -527,8 +571,12 @@ class Registry:
             known = {(n, v) for n, v in conn.execute("SELECT name, version FROM artifacts")}
             for folder in self.root.glob("*/v*"):
                 name, version = folder.parent.name, folder.name[1:]
-                if (_NAME_RE.match(name) and version.isdigit() and (name, int(version)) not in known
-                        and (folder / RECORD_FILE).is_file()):
+                if (
+                    _NAME_RE.match(name)
+                    and version.isdigit()
+                    and (name, int(version)) not in known
+                    and (folder / RECORD_FILE).is_file()
+                ):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(folder)
         return removed
@@ -582,11 +630,22 @@ class Registry:
 
     def _artifact(self, r: dict[str, Any], aliases: list[str]) -> Artifact:
         return Artifact(
-            id=r["id"], name=r["name"], version=r["version"], kind=r["kind"], stage=r["stage"],
-            path=self.root / r["name"] / f"v{r['version']}", parents=list(r["parents"]),
-            inputs=dict(r["inputs"]), data=list(r["data"]), config=dict(r["config"]),
-            fingerprint=r.get("fingerprint"), metrics=dict(r.get("metrics", {})), created_at=r["created_at"],
-            versions=dict(r.get("versions", {})), files=dict(r.get("files", {})), aliases=list(aliases),
+            id=r["id"],
+            name=r["name"],
+            version=r["version"],
+            kind=r["kind"],
+            stage=r["stage"],
+            path=self.root / r["name"] / f"v{r['version']}",
+            parents=list(r["parents"]),
+            inputs=dict(r["inputs"]),
+            data=list(r["data"]),
+            config=dict(r["config"]),
+            fingerprint=r.get("fingerprint"),
+            metrics=dict(r.get("metrics", {})),
+            created_at=r["created_at"],
+            versions=dict(r.get("versions", {})),
+            files=dict(r.get("files", {})),
+            aliases=list(aliases),
         )
 
 
@@ -614,11 +673,18 @@ def check_kind(kind: str) -> str:
         ) from None
 
 
-def fingerprint(stage: str, config: Mapping[str, Any] | Any, inputs: Mapping[str, str], data: Iterable[str]) -> str:
+def fingerprint(
+    stage: str, config: Mapping[str, Any] | Any, inputs: Mapping[str, str], data: Iterable[str]
+) -> str:
     """16 hex chars of sha256 over the stage, resolved config, input ids, data fingerprints and
     the alignlab version: equal fingerprints mean a re-run would compute the same artifact."""
-    payload = {"stage": stage, "config": _plain(config), "inputs": dict(inputs), "data": list(data),
-               "alignlab": alignlab_version()}
+    payload = {
+        "stage": stage,
+        "config": _plain(config),
+        "inputs": dict(inputs),
+        "data": list(data),
+        "alignlab": alignlab_version(),
+    }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -664,7 +730,11 @@ def _installed_versions() -> tuple[tuple[str, str], ...]:
 
 def library_versions() -> dict[str, str]:
     """Versions of Python, alignlab and the training libraries that are installed."""
-    return {"python": platform.python_version(), "alignlab": alignlab_version(), **dict(_installed_versions())}
+    return {
+        "python": platform.python_version(),
+        "alignlab": alignlab_version(),
+        **dict(_installed_versions()),
+    }
 
 
 def _checksums(folder: Path) -> dict[str, str]:
@@ -717,12 +787,13 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default)
 
 
-_RECORD_ORDER = ("id", "name", "version", "kind", "stage", "parents", "inputs", "data", "config",
-                 "fingerprint", "metrics", "created_at", "versions", "files")
+_RECORD_ORDER = (
+    "id name version kind stage parents inputs data config fingerprint metrics created_at versions files"
+)
 
 
 def _ordered(record: dict[str, Any]) -> dict[str, Any]:
-    return {key: record[key] for key in _RECORD_ORDER if key in record}
+    return {key: record[key] for key in _RECORD_ORDER.split() if key in record}
 
 
 def _write_json(path: Path, value: Any) -> None:

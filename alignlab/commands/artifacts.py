@@ -26,16 +26,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``artifacts`` command (and its sub-commands) to an argparse sub-parsers object."""
     registry_opt = argparse.ArgumentParser(add_help=False)
     registry_opt.add_argument(
-        "--registry", metavar="PATH", default=argparse.SUPPRESS,
+        "--registry",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
         help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)",
     )
     parser = subparsers.add_parser(
-        "artifacts", help="list, inspect, tag, verify and remove registry artifacts",
+        "artifacts",
+        help="list, inspect, tag, verify and remove registry artifacts",
         description="Inspect and manage the artifact registry. A REF is a name (latest version), "
         "name:v3, name:latest, name@alias, an artifact id or an artifact folder.",
     )
-    parser.add_argument("--registry", metavar="PATH", default=None,
-                        help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)")
+    parser.add_argument(
+        "--registry",
+        metavar="PATH",
+        default=None,
+        help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)",
+    )
     sub = parser.add_subparsers(metavar="COMMAND")
 
     def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
@@ -64,8 +71,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="REF")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p = command("gc", _gc, "delete leftovers of crashed publishers (old staging and unindexed folders)")
-    p.add_argument("--max-age-hours", type=float, default=1.0, metavar="H",
-                   help="only staging folders untouched for H hours (default: 1)")
+    p.add_argument(
+        "--max-age-hours",
+        type=float,
+        default=1.0,
+        metavar="H",
+        help="only staging folders untouched for H hours (default: 1)",
+    )
     parser.set_defaults(func=_friendly_errors(_list), name=None, json=False)  # bare `artifacts` lists
     return parser
 
@@ -98,8 +110,15 @@ def _list(args: argparse.Namespace) -> int:
         print(f"no artifacts in {registry.root}")
         return 0
     rows = [
-        [a.ref, a.kind, a.stage, ",".join(a.aliases), a.created_at[:19].replace("T", " "), a.id,
-         _short_metrics(a.metrics)]
+        [
+            a.ref,
+            a.kind,
+            a.stage,
+            ",".join(a.aliases),
+            a.created_at[:19].replace("T", " "),
+            a.id,
+            _short_metrics(a.metrics),
+        ]
         for a in artifacts
     ]
     print(_table(["REF", "KIND", "STAGE", "ALIASES", "CREATED (UTC)", "ID", "METRICS"], rows))
@@ -113,8 +132,12 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(f"{art.ref}  ({art.id})")
     fields = [
-        ("kind", art.kind), ("stage", art.stage), ("path", str(art.path)), ("created", art.created_at),
-        ("fingerprint", art.fingerprint or "-"), ("aliases", ", ".join(art.aliases) or "-"),
+        ("kind", art.kind),
+        ("stage", art.stage),
+        ("path", str(art.path)),
+        ("created", art.created_at),
+        ("fingerprint", art.fingerprint or "-"),
+        ("aliases", ", ".join(art.aliases) or "-"),
         ("parents", ", ".join(art.parents) or "-"),
         ("inputs", ", ".join(f"{k}={v}" for k, v in art.inputs.items()) or "-"),
         ("files", f"{len(art.files)} (check with: alignlab artifacts verify {art.ref})"),
@@ -176,7 +199,10 @@ def _history(args: argparse.Namespace) -> int:
     if not history:
         print("no metrics recorded")
         return 0
-    rows = [[h["created_at"][:19].replace("T", " "), h["source"], _short_metrics(h["metrics"], 100)] for h in history]
+    rows = [
+        [h["created_at"][:19].replace("T", " "), h["source"], _short_metrics(h["metrics"], 100)]
+        for h in history
+    ]
     print(_table(["WHEN (UTC)", "SOURCE", "METRICS"], rows))
     return 0
 
@@ -209,5 +235,7 @@ def _short_metrics(metrics: dict[str, Any], width: int = 50) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]
+    ]
     return "\n".join(lines)

@@ -22,14 +22,16 @@ from alignlab.testbed.world import NAMES, Split, Task, families, sample_task
 
 TESTBED_VERSION = "1"
 
-# Candidates for preference pairs and rankings come from annotators sloppier than the SFT ones,
-# so pairs often differ in style (easy to see) and sometimes only in correctness (needs knowledge).
-CANDIDATE_SLOPPY_SHARE = 0.6
+# Candidates for preference pairs and rankings: half from sloppy annotators, wrong answers less
+# often than style defects. Then about 80% of pairs are decided by style alone (easy for a tiny
+# reward model to see) and about 30% differ in correctness (which needs the pretrained knowledge).
+CANDIDATE_SLOPPY_SHARE = 0.5
+CANDIDATE_WRONG_WEIGHT = 0.6
 PAIR_MIN_GAP = 0.1  # chosen and rejected differ by at least this much gold score
 RANK_MIN_GAP = 0.05  # neighbours in a ranking differ by at least this much
 MAX_RANKING_K = 6
 EVAL_SIZE = 1000  # length of the fixed held-out list
-QUESTION_SHARE = 0.25  # pretraining sentences preceded by the question they answer
+QUESTION_SHARE = 0.5  # pretraining sentences preceded by the question they answer
 BIO_SHARE = 0.25  # pretraining documents that tell the facts of one person
 
 
@@ -57,8 +59,9 @@ def pretraining_corpus(n_docs: int, seed: int = 0) -> list[str]:
     """Plain-text documents (3–6 sentences) that state facts of the world; no chat markup.
 
     Three in four documents mix facts of every family ("3 plus 4 is 7.", "After 7 comes 8.",
-    "The list cat, owl, fox backwards is fox, owl, cat."), some preceded by the question they
-    answer; one in four tells the facts of one person ("Mira lives in Oakvale. ...").
+    "The list cat, owl, fox backwards is fox, owl, cat."), half of them preceded by the question
+    they answer (plain text, no answer format); one in four tells the facts of one person
+    ("Mira lives in Oakvale. ...").
     """
     _check_count(n_docs, "pretraining_corpus")
     rng = _rng("pretrain", seed)
@@ -111,7 +114,7 @@ def _candidates(task: Task, rng: random.Random, count: int, min_gap: float) -> l
     """``count`` annotator responses whose gold scores are pairwise at least ``min_gap`` apart."""
     kept: list[tuple[float, str]] = []
     for _ in range(2000):
-        text = respond(task, sample_defects(rng, CANDIDATE_SLOPPY_SHARE), rng)
+        text = respond(task, sample_defects(rng, CANDIDATE_SLOPPY_SHARE, CANDIDATE_WRONG_WEIGHT), rng)
         score = gold_response_score(task.prompt, text)
         if all(abs(score - s) >= min_gap for s, _ in kept):
             kept.append((score, text))

@@ -232,7 +232,7 @@ def gold_score(
         {'gold_score': 0.71, 'gold_accuracy': 0.52}
     """
     from alignlab.models import generate  # lazy: models imports heavy libraries
-    from alignlab.testbed.data import eval_prompts
+    from alignlab.testbed.data import eval_prompts  # lazy: data imports this module
 
     if _is_reference(model_or_ref):
         from alignlab.models import load_causal_lm

@@ -68,9 +68,20 @@ def render(words: Sequence[str], defects: Iterable[Defect], rng: random.Random) 
     return text
 
 
-def sample_defects(rng: random.Random, sloppy_share: float) -> frozenset[Defect]:
-    """The defects of one annotation: none with probability ``1 - sloppy_share``, else one or two."""
+def sample_defects(rng: random.Random, sloppy_share: float, wrong_weight: float = 1.0) -> frozenset[Defect]:
+    """The defects of one annotation: none with probability ``1 - sloppy_share``, else one or two.
+
+    Args:
+        rng: the generator's random stream.
+        sloppy_share: probability that the annotation has any defect.
+        wrong_weight: weight of WRONG against 1 for each style defect when defects are drawn.
+    """
     if rng.random() >= sloppy_share:
         return frozenset()
-    count = 1 if rng.random() < 0.7 else 2
-    return frozenset(rng.sample(list(Defect), count))
+    pool = {defect: (wrong_weight if defect is Defect.WRONG else 1.0) for defect in Defect}
+    chosen: set[Defect] = set()
+    for _ in range(1 if rng.random() < 0.7 else 2):
+        defect = rng.choices(list(pool), weights=list(pool.values()))[0]
+        chosen.add(defect)
+        del pool[defect]
+    return frozenset(chosen)

@@ -91,7 +91,7 @@ _SLOT_PATTERNS: dict[str, str] = {
     "a": _NUMBER,
     "b": _NUMBER,
     "name": "|".join(NAMES),
-    "items": r"[A-Za-z]+(?:, [A-Za-z]+)+",
+    "items": rf"(?:{'|'.join(LIST_WORDS)})(?:, (?:{'|'.join(LIST_WORDS)}))+",
 }
 
 

@@ -27,8 +27,9 @@ def reg(tmp_path: Path) -> Registry:
     return Registry(tmp_path / "reg")
 
 
-def publish(reg: Registry, name: str = "sft", *, kind: str = "model", files: dict[str, str] | None = None,
-            **kwargs) -> Artifact:
+def publish(
+    reg: Registry, name: str = "sft", *, kind: str = "model", files: dict[str, str] | None = None, **kwargs
+) -> Artifact:
     with reg.publishing(name, kind=kind, stage=kwargs.pop("stage", name), **kwargs) as pub:
         for rel, text in (files or {"weights.txt": f"{name} weights"}).items():
             (pub.dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -47,24 +48,48 @@ def staging_entries(reg: Registry) -> list[Path]:
 
 
 def test_publish_writes_folder_record_and_checksums(reg: Registry) -> None:
-    art = publish(reg, "sft", files={"model.safetensors": "w", "tok/vocab.json": "{}"},
-                  parents=["hf:org/base"], inputs={"model": "hf:org/base"}, config={"lr": 1e-4},
-                  data=[{"role": "train", "source": "testbed:sft", "fingerprint": "ab12", "records": 3}],
-                  fingerprint="f" * 16)
+    art = publish(
+        reg,
+        "sft",
+        files={"model.safetensors": "w", "tok/vocab.json": "{}"},
+        parents=["hf:org/base"],
+        inputs={"model": "hf:org/base"},
+        config={"lr": 1e-4},
+        data=[{"role": "train", "source": "testbed:sft", "fingerprint": "ab12", "records": 3}],
+        fingerprint="f" * 16,
+    )
     assert re.fullmatch(r"sft-v1-[0-9a-f]{8}", art.id)
     assert art.path == reg.root / "sft" / "v1" and art.ref == "sft:v1"
     record = json.loads((art.path / "artifact.json").read_text())
-    for key in ("id", "name", "version", "kind", "stage", "parents", "inputs", "data", "config",
-                "fingerprint", "metrics", "created_at", "versions", "files"):
+    for key in (
+        "id",
+        "name",
+        "version",
+        "kind",
+        "stage",
+        "parents",
+        "inputs",
+        "data",
+        "config",
+        "fingerprint",
+        "metrics",
+        "created_at",
+        "versions",
+        "files",
+    ):
         assert key in record, key
-    assert record["id"] == art.id and record["parents"] == ["hf:org/base"] and record["config"] == {"lr": 1e-4}
+    assert (
+        record["id"] == art.id and record["parents"] == ["hf:org/base"] and record["config"] == {"lr": 1e-4}
+    )
     assert record["metrics"] == {"loss": 0.5}
     assert record["files"] == {
         "model.safetensors": hashlib.sha256(b"w").hexdigest(),
         "tok/vocab.json": hashlib.sha256(b"{}").hexdigest(),
     }
     assert {"python", "alignlab", "torch"} <= set(record["versions"])
-    assert datetime.fromisoformat(record["created_at"].replace("Z", "+00:00")).utcoffset().total_seconds() == 0
+    assert (
+        datetime.fromisoformat(record["created_at"].replace("Z", "+00:00")).utcoffset().total_seconds() == 0
+    )
     assert staging_entries(reg) == []
 
 
@@ -279,10 +304,20 @@ def test_rerun_with_the_same_fingerprint_reuses_the_artifact(reg: Registry) -> N
 
 
 def test_lineage_through_three_generations_and_an_external_parent(reg: Registry) -> None:
-    base = publish(reg, "base", stage="pretrain", parents=["hf:org/tiny"],
-                   data=[{"role": "train", "source": "testbed:pretrain", "fingerprint": "aa11", "records": 9}])
-    sft = publish(reg, "sft", parents=[base], inputs={"model": base},
-                  data=[{"role": "train", "source": "demos.jsonl", "fingerprint": "bb22", "records": 5}])
+    base = publish(
+        reg,
+        "base",
+        stage="pretrain",
+        parents=["hf:org/tiny"],
+        data=[{"role": "train", "source": "testbed:pretrain", "fingerprint": "aa11", "records": 9}],
+    )
+    sft = publish(
+        reg,
+        "sft",
+        parents=[base],
+        inputs={"model": base},
+        data=[{"role": "train", "source": "demos.jsonl", "fingerprint": "bb22", "records": 5}],
+    )
     rm = publish(reg, "rm", kind="reward_model", stage="reward", parents=[sft.ref])
     assert sft.inputs == {"model": "base:v1"} and rm.parents == [sft.id]
 
@@ -321,7 +356,9 @@ def test_add_metrics_merges_and_keeps_history(reg: Registry) -> None:
     assert record["metrics"] == {"loss": 0.5, "gold_score": 0.8, "ppl": 12.0}
     history = reg.metrics_history("sft:v1")
     assert [(h["source"], h["metrics"]) for h in history] == [
-        ("sft", {"loss": 0.5}), ("eval", {"gold_score": 0.7}), ("eval:v2", {"gold_score": 0.8, "ppl": 12.0})
+        ("sft", {"loss": 0.5}),
+        ("eval", {"gold_score": 0.7}),
+        ("eval:v2", {"gold_score": 0.8, "ppl": 12.0}),
     ]
     assert reg.verify(art) == []  # artifact.json is metadata, not content
 

@@ -1,0 +1,92 @@
+"""The best-of-N curve: how much reward picking the best of N samples buys, for N = 1, 2, 4, ..., K.
+
+From K scored samples per prompt, the expected best of N is estimated without bias over all
+N-subsets of the K samples (the pass@k estimator of Chen et al. 2021, applied to scores): with the
+scores sorted ascending ``s_1 <= ... <= s_K``, the i-th is the maximum of
+``C(i - 1, N - 1)`` of the ``C(K, N)`` subsets, so
+
+    E[max of N] = sum_i s_i * C(i - 1, N - 1) / C(K, N).
+
+It uses every sample (lower variance than "the first N"), does not depend on their order, and is
+non-decreasing in N (a random (N+1)-subset contains a random N-subset). At N = 1 it is the mean
+score, at N = K the maximum.
+
+Example:
+    >>> best_of_n_curve([[0.0, 1.0], [0.5, 0.5]])
+    {1: 0.5, 2: 0.75}
+    >>> expected_max([1.0, 2.0, 3.0], 2)  # subsets {1,2} {1,3} {2,3}: maxima 2, 3, 3
+    2.6666666666666665
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from math import comb
+from pathlib import Path
+
+from alignlab.errors import ConfigError
+
+
+def curve_sizes(k: int) -> list[int]:
+    """N = 1, 2, 4, ... up to ``k``, and ``k`` itself when it is not a power of two."""
+    if k < 1:
+        raise ConfigError(f"best-of-N needs at least one sample per prompt, got k={k}")
+    sizes = [1 << i for i in range(k.bit_length()) if 1 << i <= k]
+    return sizes if sizes[-1] == k else [*sizes, k]
+
+
+def expected_max(scores: Sequence[float], n: int) -> float:
+    """Unbiased estimate of E[max of n samples] from the ``len(scores)`` samples of one prompt."""
+    k = len(scores)
+    if not 1 <= n <= k:
+        raise ConfigError(f"best-of-{n} needs 1 <= N <= {k} (the samples per prompt)")
+    ordered = sorted(scores)
+    total = comb(k, n)
+    # comb(i, n - 1) is 0 for i < n - 1: the n - 1 lowest scores are never a subset's maximum
+    return sum(s * (comb(i, n - 1) / total) for i, s in enumerate(ordered))
+
+
+def best_of_n_curve(scores: Sequence[Sequence[float]], sizes: Sequence[int] | None = None) -> dict[int, float]:
+    """Mean over prompts of the expected best-of-N score, for each N in ``sizes``.
+
+    Args:
+        scores: ``scores[p][j]``, the score of sample j of prompt p, K samples per prompt (P, K).
+        sizes: the N values; default :func:`curve_sizes` of K.
+
+    Returns:
+        ``{N: mean expected max}``, N ascending.
+    """
+    if not scores:
+        raise ConfigError("best-of-N curve of no prompts")
+    k = len(scores[0])
+    if any(len(row) != k for row in scores):
+        raise ConfigError("best-of-N curve: every prompt needs the same number of samples")
+    sizes = sorted(sizes) if sizes is not None else curve_sizes(k)
+    return {n: sum(expected_max(row, n) for row in scores) / len(scores) for n in sizes}
+
+
+def plot_best_of_n(curves: Mapping[str, Mapping[int | str, float]], path: str | Path,
+                   title: str = "best of N") -> Path:
+    """Plot one or more best-of-N curves (label -> {N: value}) to a PNG; returns the path.
+
+    Uses matplotlib's Agg canvas directly, so no GUI backend and no global pyplot state.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, curve in curves.items():
+        points = sorted((int(n), float(v)) for n, v in curve.items())
+        ax.plot([n for n, _ in points], [v for _, v in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (samples per prompt)")
+    ax.set_ylabel("mean max score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,390 @@
+"""`RejectionSampling`: best-of-K fine-tuning (LLaMA 2's rejection sampling, Touvron et al. 2023 §3.2.3).
+
+Each round samples K responses per prompt from the latest policy, scores them with a reward model
+or a reward function, keeps the best one (optionally only above a threshold), and fine-tunes the
+policy on prompt -> best response with the SFT machinery. A round publishes two artifacts: the
+selected samples (a dataset whose parents are the policy and the reward model) and then the
+fine-tuned policy, whose parents include that dataset — so lineage reads
+``policy <- samples <- previous policy``, and a re-run with the same settings reuses both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from alignlab.config import load_config
+from alignlab.errors import ConfigError, DataError, ReferenceNotFound
+from alignlab.registry import Artifact, ExternalRef, Registry
+from alignlab.rewards import RewardFn, Scorer, _looks_like_import_path, import_reward_fn, load_scorer
+from alignlab.stages.evaluation import gold_metrics, uses_testbed
+from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
+
+log = logging.getLogger("alignlab")
+
+Messages = list[dict[str, Any]]
+PLOT_FILE = "best_of_n.png"
+SAMPLES_FILE = "samples.jsonl"  # every sample and its reward, beside the selected data.jsonl
+
+
+@dataclass
+class PromptData:
+    """Prompts to sample responses for.
+
+    Attributes:
+        source: `testbed:prompts`, a file of prompts (or of conversations: their prompt part is
+            used), a dataset artifact reference or a hub dataset name.
+        format: "auto" to detect from the keys, or a format name to force.
+        strict: fail on the first bad record (True) or drop bad records and report them (False).
+        limit: use only the first N prompts.
+        max_length: longest tokenized training example (prompt + selected response).
+    """
+
+    source: str = "testbed:prompts"
+    format: str = "auto"
+    strict: bool = True
+    limit: int | None = None
+    max_length: int = 256
+
+
+@dataclass
+class SamplingGroup:
+    """Best-of-K sampling and selection.
+
+    Attributes:
+        k: responses sampled per prompt; the best one is kept.
+        temperature: sampling temperature (higher: more diverse samples, a wider best-of-K gap).
+        top_p: nucleus sampling threshold (1.0 samples from the full distribution).
+        max_new_tokens: longest sampled response.
+        batch_size: sequences per generation batch; each prompt is repeated k times in a batch, so
+            a batch holds max(1, batch_size // k) prompts.
+        threshold: keep a prompt's best response only if its reward is at least this (None keeps all).
+        seed: sampling seed of round 1 (round r uses seed + r - 1).
+    """
+
+    k: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    batch_size: int = 64
+    threshold: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"sampling.k must be at least 1, got {self.k}")
+        if self.temperature <= 0:
+            raise ConfigError(f"sampling.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class RejectionSamplingConfig:
+    """Settings of a rejection-sampling run.
+
+    Attributes:
+        output: name of the fine-tuned policy artifact.
+        dataset_output: name of the selected-samples dataset artifact (default: "<output>-samples").
+        data: prompts.
+        sampling: best-of-K sampling and selection.
+        rounds: sample-select-fine-tune rounds, each sampling from the latest policy.
+        train: optimisation of the fine-tuning on the selected responses.
+        adapter: full | lora | qlora | prompt_tuning.
+        loss_on: "assistant" (default: prompt tokens masked out of the loss) or "all".
+        eval: end-of-round gold evaluation (testbed only).
+        tracking: wandb / tensorboard.
+    """
+
+    output: str = "rejection_sampling"
+    dataset_output: str | None = None
+    data: PromptData = field(default_factory=PromptData)
+    sampling: SamplingGroup = field(default_factory=SamplingGroup)
+    rounds: int = 1
+    train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=1.0, lr=2e-4, batch_size=16))
+    adapter: AdapterGroup = field(default_factory=AdapterGroup)
+    loss_on: Literal["assistant", "all"] = "assistant"
+    eval: EvalGroup = field(default_factory=EvalGroup)
+    tracking: TrackingGroup = field(default_factory=TrackingGroup)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+
+
+@dataclass
+class SamplingStep:
+    """What the samples dataset of one round depends on (its recorded config and fingerprint):
+    not the fine-tuning settings, so changing those re-trains without re-sampling."""
+
+    output: str
+    data: PromptData
+    sampling: SamplingGroup
+    round: int
+
+
+# ---- the reward: an artifact or a function ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardFunctionSource:
+    """A reward function as a source of the run (``Artifact.data``), like a data file: named by its
+    import path and fingerprinted by its code, so editing the function invalidates reuse."""
+
+    source: str  # "py:module:qualname"
+    fingerprint: str
+    records: tuple = ()
+    artifact: None = None
+
+
+@dataclass(frozen=True)
+class RewardInput:
+    """A resolved ``reward`` input: exactly one of ``target`` (a reward model) or ``fn``."""
+
+    target: Artifact | ExternalRef | None = None
+    fn: RewardFn | None = None
+    source: RewardFunctionSource | None = None
+
+    def scorer(self, registry: Registry) -> Scorer:
+        if self.fn is not None:
+            return load_scorer(self.fn)
+        assert self.target is not None
+        return load_scorer(self.target.id if isinstance(self.target, Artifact) else self.target.ref, registry)
+
+
+def function_source(fn: Callable[..., Any]) -> RewardFunctionSource:
+    """Import path and code fingerprint of a reward function (of its class for a callable object)."""
+    owner = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
+    path = f"py:{owner.__module__}:{owner.__qualname__}"
+    try:
+        code = inspect.getsource(owner)
+    except (OSError, TypeError):  # built in, or defined where the source is not on disk
+        code = ""
+    return RewardFunctionSource(path, hashlib.sha256(f"{path}\n{code}".encode()).hexdigest()[:16])
+
+
+def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None) -> RewardInput:
+    """Resolve the ``reward`` input before anything runs: a reward-model reference, an import path
+    ``"package.module:function"`` (``py:`` prefix optional) or a callable.
+
+    Raises:
+        ConfigError: no reward, an import path that does not import, or an artifact that is not a
+            reward model. ReferenceNotFound: a reference the registry does not know.
+    """
+    if reward is None or (isinstance(reward, str) and not reward.strip()):
+        raise ConfigError("input 'reward' is required: pass reward=REWARD_MODEL_REF, a reward function, or "
+                          "'package.module:function' (e.g. reward='alignlab.testbed:gold_reward_fn')")
+    if isinstance(reward, str) and (reward.startswith("py:") or _looks_like_import_path(reward)):
+        reward = import_reward_fn(reward)
+    if callable(reward) and not isinstance(reward, (str, Artifact)):
+        return RewardInput(fn=reward, source=function_source(reward))
+    try:
+        target = registry.resolve(reward)
+    except ReferenceNotFound as err:
+        raise ReferenceNotFound(f"reward: {err} (a reward function is given as 'package.module:function')") from err
+    if isinstance(target, Artifact) and target.kind != "reward_model":
+        raise ConfigError(f"reward: {target.ref} is a {target.kind} artifact, not a reward model; pass a "
+                          "reward_model artifact (stage reward_model) or a reward function")
+    return RewardInput(target=target)
+
+
+# ---- sampling and selection ---------------------------------------------------------------------
+
+
+def prompt_text(prompt: Messages) -> str:
+    """What a scorer sees of a chat prompt: its last user turn (scorers take plain strings)."""
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
+def sample_and_score(model: Any, tokenizer: Any, scorer: Scorer, prompts: Sequence[Messages],
+                     sampling: SamplingGroup, *, seed: int, desc: str = "sampling") -> tuple[list[list[str]],
+                                                                                             list[list[float]]]:
+    """Sample ``sampling.k`` responses per prompt and score them.
+
+    Returns:
+        ``(samples, rewards)``, both (P, K): ``samples[p][j]`` is response j to prompt p.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from alignlab.models import generate
+
+    k = sampling.k
+    per_batch = max(1, sampling.batch_size // k)
+    torch.manual_seed(seed)
+    samples: list[list[str]] = []
+    rewards: list[list[float]] = []
+    bar = tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch")
+    for start in bar:
+        chunk = prompts[start:start + per_batch]
+        repeated = [p for p in chunk for _ in range(k)]  # (B * K,): prompt p at rows p*K .. p*K+K-1
+        responses = generate(model, tokenizer, repeated, max_new_tokens=sampling.max_new_tokens, do_sample=True,
+                             temperature=sampling.temperature, top_p=sampling.top_p, batch_size=len(repeated))
+        scores = scorer([prompt_text(p) for p in repeated], responses)
+        for i in range(len(chunk)):
+            samples.append(responses[i * k:(i + 1) * k])
+            rewards.append(scores[i * k:(i + 1) * k])
+        bar.set_postfix(best=f"{sum(max(r) for r in rewards) / len(rewards):.3f}")
+    return samples, rewards
+
+
+def select_best(prompts: Sequence[Messages], samples: Sequence[Sequence[str]], rewards: Sequence[Sequence[float]],
+                threshold: float | None = None) -> list[dict[str, Any]]:
+    """The best response of each prompt as an SFT record (``messages`` + its ``reward``); a prompt
+    whose best reward is below ``threshold`` gives none. Ties go to the first sample."""
+    rows = []
+    for prompt, texts, scores in zip(prompts, samples, rewards):
+        best = max(range(len(scores)), key=scores.__getitem__)
+        if threshold is not None and scores[best] < threshold:
+            continue
+        rows.append({"messages": [*prompt, {"role": "assistant", "content": texts[best]}],
+                     "reward": scores[best]})
+    return rows
+
+
+def _on_accelerator(model: Any) -> Any:
+    import torch
+
+    placed = getattr(model, "is_quantized", False) or getattr(model, "hf_device_map", None)
+    if torch.cuda.is_available() and not placed:
+        return model.to("cuda")
+    return model
+
+
+# ---- the stage ----------------------------------------------------------------------------------
+
+
+class RejectionSampling:
+    """Best-of-K rejection-sampling fine-tuning.
+
+    Example:
+        >>> from alignlab import Registry
+        >>> from alignlab.stages.rejection import RejectionSampling
+        >>> from alignlab.testbed import gold_reward_fn
+        >>> rs = RejectionSampling({"sampling": {"k": 8}, "data": {"limit": 256}})
+        >>> art = rs.run(Registry(), model="sft", reward=gold_reward_fn)  # doctest: +SKIP
+        >>> art.metrics["best_of_n"], art.metrics["gold_score"]  # doctest: +SKIP
+        ({'1': 0.61, '2': 0.70, '4': 0.77, '8': 0.81}, 0.74)
+
+    In a recipe the reward is a reward-model entry or an import path::
+
+        - name: rs
+          stage: rejection_sampling
+          inputs: {model: sft, reward: "alignlab.testbed:gold_reward_fn"}
+    """
+
+    name = "rejection_sampling"
+    config_cls = RejectionSamplingConfig
+
+    def __init__(self, config: RejectionSamplingConfig | dict | None = None) -> None:
+        self.config = load_config(RejectionSamplingConfig, config)
+
+    def run(self, registry: Registry | None = None, *, model: str | Artifact | None = None,
+            reward: str | RewardFn | Artifact | None = None, force: bool = False) -> Artifact:
+        """Run ``config.rounds`` rounds from the policy ``model``; returns the last policy artifact."""
+        from alignlab.data import load_records
+        from alignlab.models.adapters import quantization_kwargs
+
+        cfg = self.config
+        registry = registry or Registry()
+        quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
+        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
+        reward_in = resolve_reward(registry, reward)
+        prompts = load_records(cfg.data.source, kind="prompt", registry=registry, format=cfg.data.format,
+                               strict=cfg.data.strict, limit=cfg.data.limit)
+        policy = inputs["model"]
+        for round_ in range(1, cfg.rounds + 1):
+            samples = self._sampling_round(registry, policy, reward_in, prompts, round_, force)
+            policy = self._training_round(registry, policy, reward_in, prompts, samples, force)
+        return policy
+
+    def _sources(self, reward: RewardInput, prompts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Reward inputs (an artifact: a parent) and data sources (a function: fingerprinted by code)."""
+        inputs = {"reward": reward.target} if reward.target is not None else {}
+        data = {"prompts": prompts, **({"reward": reward.source} if reward.source is not None else {})}
+        return inputs, data
+
+    def _sampling_round(self, registry: Registry, policy: Any, reward: RewardInput, prompts: Any, round_: int,
+                        force: bool) -> Artifact:
+        cfg = self.config
+        step = SamplingStep(output=cfg.dataset_output or f"{cfg.output}-samples", data=cfg.data,
+                            sampling=cfg.sampling, round=round_)
+        reward_inputs, data = self._sources(reward, prompts)
+
+        def body(run: StageRun) -> None:
+            from alignlab.data import write_records
+            from alignlab.data.sources import ARTIFACT_DATA_FILE
+            from alignlab.eval.best_of_n import best_of_n_curve, plot_best_of_n
+            from alignlab.models import load_causal_lm
+            from alignlab.models.adapters import quantization_kwargs
+
+            model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
+            chats = [r["prompt"] for r in run.data["prompts"].records]
+            samples, rewards = sample_and_score(
+                _on_accelerator(model), tok, reward.scorer(run.registry), chats, cfg.sampling,
+                seed=cfg.sampling.seed + round_ - 1, desc=f"rejection sampling, round {round_}: best of {cfg.sampling.k}")
+            selected = select_best(chats, samples, rewards, cfg.sampling.threshold)
+            if not selected:
+                raise DataError(f"rejection sampling round {round_}: no prompt's best reward reached "
+                                f"sampling.threshold={cfg.sampling.threshold} (highest: "
+                                f"{max(max(r) for r in rewards):.3f}); lower or unset the threshold")
+            write_records(run.dir / ARTIFACT_DATA_FILE, selected)
+            write_records(run.dir / SAMPLES_FILE, [{"prompt": p, "responses": s, "rewards": r}
+                                                   for p, s, r in zip(chats, samples, rewards)])
+            curves = {"reward": best_of_n_curve(rewards)}
+            if uses_testbed(cfg.data.source):  # the gold scorer is cheap: how much of the gain is real
+                from alignlab.testbed import gold_reward_fn
+
+                texts = [prompt_text(p) for p in chats]
+                curves["gold"] = best_of_n_curve([gold_reward_fn([t] * len(s), s) for t, s in zip(texts, samples)])
+            plot_best_of_n(curves, run.dir / PLOT_FILE, title=f"best of N, round {round_}")
+            run.metrics.update({
+                "round": round_, "prompts": len(chats), "selected": len(selected),
+                "reward_mean": curves["reward"][1],
+                "selected_reward_mean": sum(r["reward"] for r in selected) / len(selected),
+                **{_curve_key(name): {str(n): v for n, v in curve.items()} for name, curve in curves.items()},
+            })
+            log.info("round %d: best of N %s; kept %d of %d prompts", round_, run.metrics["best_of_n"],
+                     len(selected), len(chats))
+
+        return run_stage(stage=self.name, name=step.output, kind="dataset", config=step, registry=registry,
+                         inputs={"model": policy, **reward_inputs}, data=data, force=force, body=body)
+
+    def _training_round(self, registry: Registry, policy: Any, reward: RewardInput, prompts: Any,
+                        samples: Artifact, force: bool) -> Artifact:
+        from alignlab.data import load_records
+        from alignlab.models.adapters import publishes_adapter
+
+        cfg = self.config
+        selected = load_records(samples.id, kind="sft", registry=registry)  # .artifact: a parent
+        reward_inputs, data = self._sources(reward, prompts)
+
+        def body(run: StageRun) -> None:
+            from alignlab.models import load_causal_lm, save_model
+            from alignlab.models.adapters import quantization_kwargs
+            from alignlab.stages.sft_training import train_sft
+
+            model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
+            trained, metrics = train_sft(model, tok, run.data["train"].records, train=cfg.train,
+                                         adapter=cfg.adapter, tracking=cfg.tracking, run_name=cfg.output,
+                                         max_length=cfg.data.max_length, loss_on=cfg.loss_on)
+            metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
+            metrics.update({k: v for k, v in samples.metrics.items() if k.startswith("best_of_n") or k == "round"})
+            if (samples.path / PLOT_FILE).exists():
+                shutil.copy(samples.path / PLOT_FILE, run.dir / PLOT_FILE)
+            save_model(trained, tok, run.dir)
+            run.metrics.update(metrics)
+
+        kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
+        return run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
+                         inputs={"model": policy, **reward_inputs}, data={**data, "train": selected},
+                         force=force, body=body)
+
+
+def _curve_key(scorer: str) -> str:
+    return "best_of_n" if scorer == "reward" else f"best_of_n_{scorer}"

@@ -1,0 +1,356 @@
+"""`RewardModel`: a scalar reward head on a fine-tuned LM, trained on preference pairs or K-way rankings.
+
+The model is ``AutoModelForSequenceClassification`` (one label) initialised from the input causal
+LM (its score head new), trained with alignlab's own loop on accelerate: every response of a batch
+is scored once, and the pairwise Bradley-Terry terms (optionally with margins and a centring term)
+are formed from those scores, each prompt weighted once (see :mod:`alignlab.losses`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from alignlab.config import load_config
+from alignlab.data.validation import DropReason
+from alignlab.errors import ConfigError, TrainingError
+from alignlab.registry import Artifact, Registry
+from alignlab.stages.evaluation import uses_testbed
+from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
+from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage
+
+log = logging.getLogger("alignlab")
+
+DEFAULT_SOURCES = {"preference": "testbed:preferences", "ranking": "testbed:rankings"}
+GOLD_PAIRS_SEED = 7919  # fresh testbed pairs for gold_accuracy, apart from the default training seed 0
+
+
+@dataclass
+class RewardData:
+    """Comparison data.
+
+    Attributes:
+        kind: "preference" (pairs) or "ranking" (K-way rankings, trained as InstructGPT does).
+        source: preference pairs ({"prompt", "chosen", "rejected", "margin"?}; also HH-RLHF, or
+            rankings split into pairs) when kind is preference; default `testbed:preferences`.
+        rankings: K-way rankings ({"prompt", "responses"} best first, or {"text", "rank"} items)
+            when kind is ranking; default `testbed:rankings`.
+        format: "auto" to detect from the keys, or a format name to force.
+        strict: fail on the first bad record (True) or drop bad records and report them (False).
+        max_length: longest transcript in tokens; longer ones lose their beginning.
+        limit: use only the first N records.
+        eval_share: share of distinct prompts held out (with all their records) for the metrics;
+            0 computes the metrics on the training data.
+    """
+
+    kind: Literal["preference", "ranking"] = "preference"
+    source: str | None = None
+    rankings: str | None = None
+    format: str = "auto"
+    strict: bool = True
+    max_length: int = 256
+    limit: int | None = None
+    eval_share: float = 0.1
+
+
+@dataclass
+class RewardLossGroup:
+    """The loss (alignlab.losses.ranking_loss).
+
+    Attributes:
+        use_margin: subtract the data's per-pair margin (LLaMA-2) where a record has one.
+        center_coef: weight of the reward-centring term (r_chosen + r_rejected)² (Eisenstein et
+            al. 2023; 0.01 is TRL's suggestion); 0 turns it off.
+    """
+
+    use_margin: bool = True
+    center_coef: float = 0.0
+
+
+@dataclass
+class RewardModelConfig:
+    """Settings of a reward-model run.
+
+    Attributes:
+        output: artifact name to publish.
+        data: comparison data and the held-out split.
+        loss: margin and centring.
+        train: optimisation; batch_size counts pairs or rankings (all responses of a ranking go
+            through the model together).
+        adapter: full | lora | qlora (LoRA on the transformer, the score head fully trained;
+            merged into the published model, so adapter.merge must stay true).
+        eval: gold_n = number of fresh testbed pairs for gold_accuracy (testbed data only).
+        tracking: wandb / tensorboard.
+    """
+
+    output: str = "reward_model"
+    data: RewardData = field(default_factory=RewardData)
+    loss: RewardLossGroup = field(default_factory=RewardLossGroup)
+    train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=2.0, lr=3e-4, batch_size=16,
+                                                                  logging_steps=5))
+    adapter: AdapterGroup = field(default_factory=AdapterGroup)
+    eval: EvalGroup = field(default_factory=EvalGroup)
+    tracking: TrackingGroup = field(default_factory=TrackingGroup)
+
+
+def data_source(data: RewardData) -> str:
+    """The source to read for ``data.kind``; setting the other kind's field is a mistake, not ignored."""
+    other = "rankings" if data.kind == "preference" else "source"
+    if getattr(data, other) is not None:
+        hint = "set data.kind=ranking" if data.kind == "preference" else "name the rankings in data.rankings"
+        raise ConfigError(f"data.{other} is set but data.kind is {data.kind!r}: {hint}")
+    chosen = data.source if data.kind == "preference" else data.rankings
+    return chosen or DEFAULT_SOURCES[data.kind]
+
+
+class RewardModel:
+    """Train a reward model on preference pairs or K-way rankings.
+
+    Example:
+        >>> from alignlab import Registry
+        >>> from alignlab.stages.reward import RewardModel
+        >>> rm = RewardModel({"data": {"kind": "ranking", "rankings": "testbed:rankings?n=200&k=4"}})
+        >>> art = rm.run(Registry(), model="sft")  # doctest: +SKIP
+        >>> art.metrics["accuracy"], art.metrics["score_mean"], art.metrics["score_std"]  # doctest: +SKIP
+        >>> from transformers import AutoModelForSequenceClassification
+        >>> AutoModelForSequenceClassification.from_pretrained(art.path)  # doctest: +SKIP
+    """
+
+    name = "reward_model"
+    config_cls = RewardModelConfig
+
+    def __init__(self, config: RewardModelConfig | dict | None = None) -> None:
+        self.config = load_config(RewardModelConfig, config)
+
+    def run(self, registry: Registry | None = None, *, model: str | None = None, force: bool = False) -> Artifact:
+        from alignlab.data import load_records
+        from alignlab.models.adapters import peft_config, quantization_kwargs
+        from alignlab.stages.reward_data import rankings_from_records
+
+        cfg = self.config
+        registry = registry or Registry()
+        if not 0.0 <= cfg.data.eval_share < 1.0:
+            raise ConfigError(f"data.eval_share must be in [0, 1), got {cfg.data.eval_share}")
+        if cfg.adapter.method != AdapterMethod.FULL and not cfg.adapter.merge:
+            raise ConfigError("adapter.merge=false: a reward model is published merged, so that it loads with "
+                              "AutoModelForSequenceClassification; keep adapter.merge=true")
+        peft_config(cfg.adapter, task_type="SEQ_CLS")  # refuses prompt tuning here, before any work
+        quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
+        source = data_source(cfg.data)
+        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
+        records = load_records(source, kind=cfg.data.kind, registry=registry, format=cfg.data.format,
+                               strict=cfg.data.strict, limit=cfg.data.limit)
+        rankings, duplicates = rankings_from_records(records.records, cfg.data.kind, use_margin=cfg.loss.use_margin)
+        dropped = dict(records.report.dropped)
+        if duplicates:
+            dropped[DROPPED_DUPLICATES] = duplicates
+        return run_stage(stage=self.name, name=cfg.output, kind="reward_model", config=cfg, registry=registry,
+                         inputs=inputs, data={"train": records}, force=force,
+                         body=lambda run: self._train(run, cfg, rankings, dropped, uses_testbed(source)))
+
+    def _train(self, run: StageRun, cfg: RewardModelConfig, rankings: list[Ranking], dropped: dict[str, int],
+               on_testbed: bool) -> None:
+        import torch
+
+        from alignlab.models import save_model
+        from alignlab.models.adapters import finalize, peft_config
+        from alignlab.stages.reward_data import split_by_prompt
+
+        torch.manual_seed(cfg.train.seed)  # the new score head's initialisation
+        model, tok = initial_reward_model(run.inputs["model"], run.registry, cfg.adapter)
+        lora = peft_config(cfg.adapter, task_type="SEQ_CLS")
+        if lora is not None:
+            from peft import get_peft_model, prepare_model_for_kbit_training
+
+            if cfg.adapter.method == AdapterMethod.QLORA:
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            lora.modules_to_save = ["score"]  # the new head is trained in full, not through LoRA
+            model = get_peft_model(model, lora)
+        train, held_out = split_by_prompt(rankings, cfg.data.eval_share, cfg.train.seed)
+        train_enc, truncated = encode(train, tok, cfg.data.max_length)
+        metrics: dict[str, Any] = {
+            "train_rankings": len(train), "eval_rankings": len(held_out), "truncated": truncated,
+            "dropped": dropped, "dropped_identical": dropped.get(str(DropReason.IDENTICAL), 0),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        model, curve = fit(model, train_enc, cfg, tok.pad_token_id)
+        model = finalize(model, cfg.adapter)
+        metrics.update(loss_curve_metrics(curve))
+        eval_enc = encode(held_out, tok, cfg.data.max_length)[0] if held_out else train_enc
+        metrics["metrics_split"] = "held_out" if held_out else "train"
+        metrics.update(evaluate(model, eval_enc, tok.pad_token_id, cfg.train.batch_size))
+        if cfg.eval.gold and on_testbed and cfg.eval.gold_n > 0:
+            gold_enc = encode(gold_rankings(cfg.eval.gold_n, GOLD_PAIRS_SEED), tok, cfg.data.max_length)[0]
+            metrics["gold_accuracy"] = evaluate(model, gold_enc, tok.pad_token_id, cfg.train.batch_size)["accuracy"]
+            metrics["gold_pairs"] = cfg.eval.gold_n
+        log.info("reward model: accuracy %.3f, gold accuracy %s, margin %.3f, score %.3f ± %.3f",
+                 metrics["accuracy"], metrics.get("gold_accuracy", "n/a"), metrics["margin_mean"],
+                 metrics["score_mean"], metrics["score_std"])
+        model.config.pad_token_id = tok.pad_token_id
+        save_model(model, tok, run.dir)
+        run.metrics.update(metrics)
+
+
+def initial_reward_model(target: Resolved, registry: Registry, adapter: AdapterGroup) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the causal LM ``target`` as a one-label sequence classifier.
+
+    The transformer's weights are kept and the score head is new. An adapter artifact is merged
+    into its base first (a classification head cannot sit on a causal-LM adapter). The model's
+    ``pad_token_id`` is set to the tokenizer's, since the reward is read at the last non-pad token.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from alignlab.models import load_causal_lm, load_tokenizer
+    from alignlab.models.adapters import quantization_kwargs
+    from alignlab.models.loading import _from_pretrained, model_location
+
+    tok = load_tokenizer(target, registry)
+    with tempfile.TemporaryDirectory(prefix="alignlab-reward-init-") as tmp:
+        location = model_location(target)
+        if getattr(target, "kind", None) == "adapter":
+            merged, _ = load_causal_lm(target, registry, merge_adapter=True)
+            merged.save_pretrained(tmp, safe_serialization=True)
+            location = tmp
+        model = _from_pretrained(AutoModelForSequenceClassification, location, trust_remote_code=False,
+                                 num_labels=1, **quantization_kwargs(adapter))
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def score(model: Any, batch: dict[str, Any]) -> Any:
+    """One reward per response of a collated batch, from one forward pass: (R,)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+
+
+def batch_loss(model: Any, batch: dict[str, Any], center_coef: float = 0.0) -> tuple[Any, dict[str, float], Any]:
+    """The ranking loss of a collated batch: ``(loss, stats, scores)``; each response scored once."""
+    from alignlab.losses import ranking_loss
+
+    scores = score(model, batch)  # (R,)
+    loss, stats = ranking_loss(scores.float(), batch["sizes"].tolist(), batch["margin"], center_coef)
+    return loss, stats, scores
+
+
+def optimizer_steps(micro_batches: int, train: TrainGroup) -> int:
+    """Optimiser steps of a run: ``max_steps`` if set, else the epochs' worth (partial epochs allowed)."""
+    if train.max_steps > 0:
+        return train.max_steps
+    return max(1, math.ceil(train.epochs * math.ceil(micro_batches / train.grad_accum)))
+
+
+def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: int) -> tuple[Any, list]:
+    """Train with AdamW, warmup + schedule, clipping and accumulation; returns ``(model, loss curve)``.
+
+    accelerate places the model and data (CPU here, one or more GPUs, or DeepSpeed when launched
+    with an accelerate config); the curve is ``[(step, mean loss since the previous point), ...]``.
+    """
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    train, tracking = cfg.train, cfg.tracking
+    log_with = None if tracking.report_to == "none" else str(tracking.report_to)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=train.grad_accum,
+                              log_with=log_with,
+                              project_dir=tempfile.mkdtemp(prefix="alignlab-reward-") if log_with else None)
+    if log_with:
+        accelerator.init_trackers(tracking.project, init_kwargs={"wandb": {"name": tracking.run_name or cfg.output}})
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=train.batch_size, shuffle=True, collate_fn=lambda b: collate(b, pad_token_id),
+        generator=torch.Generator().manual_seed(train.seed),
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps = optimizer_steps(len(loader), train)
+    scheduler = accelerator.prepare(get_scheduler(
+        train.lr_scheduler, optimizer, num_warmup_steps=math.ceil(train.warmup_ratio * steps) * accelerator.num_processes,
+        num_training_steps=steps * accelerator.num_processes,
+    ))
+    model.train()
+    curve: list[tuple[int, float]] = []
+    window: list[dict[str, float]] = []
+    step = 0
+    bar = tqdm(total=steps, desc="reward model", disable=not accelerator.is_local_main_process)
+    while step < steps:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss, stats, _ = batch_loss(model, batch, cfg.loss.center_coef)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"reward model: the loss became {loss.item()} at step {step + 1}; "
+                                        f"lower train.lr (now {train.lr}) or check the data")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and train.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, train.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            window.append({"loss": loss.item(), **stats})
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % train.logging_steps == 0 or step == steps:
+                point = {k: sum(w[k] for w in window) / len(window) for k in ("loss", "accuracy", "margin_mean")}
+                point["lr"] = scheduler.get_last_lr()[0]
+                curve.append((step, point["loss"]))
+                bar.set_postfix(loss=f"{point['loss']:.4f}", acc=f"{point['accuracy']:.2f}")
+                log.info("reward model step %d/%d: loss %.4f, accuracy %.3f, margin %.3f, lr %.2e",
+                         step, steps, point["loss"], point["accuracy"], point["margin_mean"], point["lr"])
+                if log_with:
+                    accelerator.log({f"train/{k}": v for k, v in point.items()}, step=step)
+                window = []
+            if step >= steps:
+                break
+    bar.close()
+    accelerator.end_training()
+    return accelerator.unwrap_model(model), curve
+
+
+def loss_curve_metrics(curve: list[tuple[int, float]]) -> dict[str, Any]:
+    """``train_loss_curve``, ``train_loss_first`` and ``train_loss_last``, as the other stages store them."""
+    out: dict[str, Any] = {"train_loss_curve": [list(point) for point in curve]}
+    if curve:
+        out["train_loss_first"], out["train_loss_last"] = curve[0][1], curve[-1][1]
+    return out
+
+
+def evaluate(model: Any, data: list[Encoded], pad_token_id: int, batch_size: int) -> dict[str, float]:
+    """Pairwise metrics of ``data`` (each response scored once, every pair counted once).
+
+    Returns:
+        ``accuracy`` (share of pairs the model orders as the data does), ``margin_mean`` (mean
+        r_better - r_worse), ``eval_loss`` (the training loss), ``score_mean`` and ``score_std``
+        (over the responses: PPO normalises rewards with them), ``eval_pairs``.
+    """
+    import torch
+
+    from alignlab.losses import ranking_pairs
+
+    model.eval()
+    device = next(model.parameters()).device
+    scores, gaps, losses, weights = [], [], [], []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            chunk = data[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
+            loss, _, batch_scores = batch_loss(model, batch)
+            better, worse, _ = ranking_pairs(batch["sizes"].tolist(), device=device)
+            scores.append(batch_scores.float())
+            gaps.append((batch_scores[better] - batch_scores[worse]).float())
+            losses.append(loss.item())
+            weights.append(len(chunk))
+    all_scores, all_gaps = torch.cat(scores), torch.cat(gaps)
+    return {
+        "accuracy": (all_gaps > 0).float().mean().item(),
+        "margin_mean": all_gaps.mean().item(),
+        "eval_loss": sum(x * w for x, w in zip(losses, weights)) / sum(weights),
+        "score_mean": all_scores.mean().item(),
+        "score_std": all_scores.std(unbiased=False).item(),
+        "eval_pairs": int(all_gaps.numel()),
+    }

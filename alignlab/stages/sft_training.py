@@ -1,0 +1,52 @@
+"""Supervised fine-tuning of a loaded model on chat records: TRL's SFTTrainer, shared by the stages.
+
+`SFT` trains on demonstrations with it; `RejectionSampling` on the best of K sampled responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from alignlab.stages.groups import AdapterGroup, TrackingGroup, TrainGroup
+from alignlab.stages.runner import hf_training_args, log_history_metrics
+from alignlab.stages.sft import conversations  # to move here once SFT._train calls train_sft
+
+
+def train_sft(model: Any, tokenizer: Any, records: list[dict[str, Any]], *, train: TrainGroup,
+              adapter: AdapterGroup, tracking: TrackingGroup, run_name: str, max_length: int,
+              loss_on: Literal["assistant", "all"] = "assistant",
+              packing: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune ``model`` on canonical SFT records (``{"messages": [...]}``).
+
+    Args:
+        model, tokenizer: a loaded causal LM (see alignlab.models.load_causal_lm) and its tokenizer.
+        records: canonical SFT records.
+        train, adapter, tracking: the stage's config groups (alignlab.stages.groups).
+        run_name: names the run in trackers (the stage's output name).
+        max_length: longest tokenized example; longer ones are truncated from the end.
+        loss_on: "assistant" masks the prompt tokens out of the loss; "all" trains on every token.
+        packing: pack several examples per sequence.
+
+    Returns:
+        ``(trained model, metrics)``: the model with a LoRA adapter merged in when ``adapter.merge``
+        asks for it; metrics hold the loss curve and the number of trainable parameters.
+    """
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from alignlab.models.adapters import finalize, peft_config
+
+    args = TRLSFTConfig(
+        **hf_training_args(train, tracking, run_name),
+        max_length=max_length,
+        packing=packing,
+        assistant_only_loss=loss_on == "assistant",
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(conversations(records)),
+                         processing_class=tokenizer, peft_config=peft_config(adapter))
+    trainer.train()
+    metrics = log_history_metrics(trainer.state.log_history)
+    metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return finalize(trainer.model, adapter), metrics

@@ -1,0 +1,54 @@
+import itertools
+import random
+
+import pytest
+
+from alignlab.errors import ConfigError
+from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes, expected_max, plot_best_of_n
+
+
+def brute_force(scores, n):
+    subsets = list(itertools.combinations(scores, n))
+    return sum(max(s) for s in subsets) / len(subsets)
+
+
+def test_curve_sizes_are_powers_of_two_then_k():
+    assert curve_sizes(1) == [1]
+    assert curve_sizes(4) == [1, 2, 4]
+    assert curve_sizes(6) == [1, 2, 4, 6]
+    with pytest.raises(ConfigError):
+        curve_sizes(0)
+
+
+def test_hand_worked_values():
+    # one prompt, scores 1 2 3: best of 1 = mean 2; best of 2 = (2 + 3 + 3) / 3; best of 3 = 3
+    assert expected_max([3.0, 1.0, 2.0], 1) == pytest.approx(2.0)
+    assert expected_max([3.0, 1.0, 2.0], 2) == pytest.approx(8 / 3)
+    assert expected_max([3.0, 1.0, 2.0], 3) == pytest.approx(3.0)
+    # two prompts averaged; ties count once per subset
+    assert best_of_n_curve([[0.0, 1.0], [0.5, 0.5]]) == pytest.approx({1: 0.5, 2: 0.75})
+
+
+def test_matches_brute_force_over_subsets_and_is_monotone():
+    rng = random.Random(0)
+    scores = [[rng.random() for _ in range(8)] for _ in range(5)]
+    curve = best_of_n_curve(scores, sizes=range(1, 9))
+    for n, value in curve.items():
+        assert value == pytest.approx(sum(brute_force(row, n) for row in scores) / 5)
+    values = [curve[n] for n in sorted(curve)]
+    assert values == sorted(values)
+    assert curve[1] == pytest.approx(sum(map(sum, scores)) / 40)  # mean score
+    assert curve[8] == pytest.approx(sum(map(max, scores)) / 5)  # best of all
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError):
+        best_of_n_curve([[1.0, 2.0], [1.0]])
+    with pytest.raises(ConfigError):
+        expected_max([1.0, 2.0], 3)
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = plot_best_of_n({"reward": {1: 0.2, 2: 0.3, 4: 0.35}, "gold": {"1": 0.1, "2": 0.2, "4": 0.2}},
+                          tmp_path / "curve.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
