@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-all rlhf sft dpo rejection lint format docs clean
+.PHONY: install test-deps test test-all rlhf sft dpo rejection lint format docs clean
 
 install: $(VENV)/.installed
 
@@ -22,10 +22,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-test: install
+# Headless Chromium renders the HTML report in a test (Debian's package; skipped if already there).
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium for the report test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "could not install chromium (need root and Debian's package index): the report test will fail"; }
+
+test: install test-deps
 	$(PY) -m pytest -q
 
-test-all: install
+test-all: install test-deps
 	$(PY) -m pytest -q -m ''
 
 rlhf: install
