@@ -59,4 +59,4 @@ docs: install
 	$(PY) -m alignlab.docs_check docs README.md
 
 clean:
-	rm -rf $(VENV) artifacts wandb runs .pytest_cache
+	rm -rf $(VENV) artifacts wandb runs reports .pytest_cache

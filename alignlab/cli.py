@@ -130,9 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)")
     stage.set_defaults(func=cmd_stage)
 
-    from alignlab.commands import artifacts
+    from alignlab.commands import artifacts, report
+    from alignlab.commands import eval as eval_command
 
     artifacts.register(sub)
+    eval_command.register(sub)
+    report.register(sub)
     return parser
 
 

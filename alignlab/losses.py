@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def ranking_pairs(sizes: Sequence[int], device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def ranking_pairs(
+    sizes: Sequence[int], device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Index every (better, worse) pair of responses laid out prompt by prompt, best first.
 
     Args:
@@ -129,11 +131,15 @@ def ranking_loss(
         ValueError: ``scores`` or ``margin`` of the wrong length.
     """
     if scores.dim() != 1 or scores.shape[0] != sum(int(k) for k in sizes):
-        raise ValueError(f"scores has shape {tuple(scores.shape)}; expected ({sum(int(k) for k in sizes)},) "
-                         f"for rankings of sizes {list(sizes)}")
+        raise ValueError(
+            f"scores has shape {tuple(scores.shape)}; expected ({sum(int(k) for k in sizes)},) "
+            f"for rankings of sizes {list(sizes)}"
+        )
     better, worse, prompt = ranking_pairs(sizes, device=scores.device)
     if margin is not None and margin.shape != better.shape:
-        raise ValueError(f"margin has shape {tuple(margin.shape)}; expected ({better.shape[0]},), one per pair")
+        raise ValueError(
+            f"margin has shape {tuple(margin.shape)}; expected ({better.shape[0]},), one per pair"
+        )
     chosen, rejected = scores[better], scores[worse]  # (P,), (P,)
     terms = pairwise_loss(chosen, rejected, margin)
     penalty = centering_penalty(chosen, rejected)

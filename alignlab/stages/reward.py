@@ -21,11 +21,12 @@ from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
-from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage
+from alignlab.stages.runner import Resolved, StageRun, log_history_metrics, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
 
 DEFAULT_SOURCES = {"preference": "testbed:preferences", "ranking": "testbed:rankings"}
+SUMMARY = ("accuracy", "gold_accuracy", "margin_mean", "score_mean", "score_std", "metrics_split")
 GOLD_PAIRS_SEED = 7919  # fresh testbed pairs for gold_accuracy, apart from the default training seed 0
 
 
@@ -90,8 +91,10 @@ class RewardModelConfig:
     output: str = "reward_model"
     data: RewardData = field(default_factory=RewardData)
     loss: RewardLossGroup = field(default_factory=RewardLossGroup)
-    train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=2.0, lr=3e-4, batch_size=16,
-                                                                  logging_steps=5))
+    # one epoch, as InstructGPT trains its reward models (they overfit after one)
+    train: TrainGroup = field(
+        default_factory=lambda: TrainGroup(epochs=1.0, lr=3e-4, batch_size=16, logging_steps=5)
+    )
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     eval: EvalGroup = field(default_factory=EvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
@@ -126,7 +129,9 @@ class RewardModel:
     def __init__(self, config: RewardModelConfig | dict | None = None) -> None:
         self.config = load_config(RewardModelConfig, config)
 
-    def run(self, registry: Registry | None = None, *, model: str | None = None, force: bool = False) -> Artifact:
+    def run(
+        self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
+    ) -> Artifact:
         from alignlab.data import load_records
         from alignlab.models.adapters import peft_config, quantization_kwargs
         from alignlab.stages.reward_data import rankings_from_records
@@ -136,24 +141,48 @@ class RewardModel:
         if not 0.0 <= cfg.data.eval_share < 1.0:
             raise ConfigError(f"data.eval_share must be in [0, 1), got {cfg.data.eval_share}")
         if cfg.adapter.method != AdapterMethod.FULL and not cfg.adapter.merge:
-            raise ConfigError("adapter.merge=false: a reward model is published merged, so that it loads with "
-                              "AutoModelForSequenceClassification; keep adapter.merge=true")
+            raise ConfigError(
+                "adapter.merge=false: a reward model is published merged, so that it loads with "
+                "AutoModelForSequenceClassification; keep adapter.merge=true"
+            )
         peft_config(cfg.adapter, task_type="SEQ_CLS")  # refuses prompt tuning here, before any work
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         source = data_source(cfg.data)
         inputs = resolve_inputs(registry, {"model": model}, required=("model",))
-        records = load_records(source, kind=cfg.data.kind, registry=registry, format=cfg.data.format,
-                               strict=cfg.data.strict, limit=cfg.data.limit)
-        rankings, duplicates = rankings_from_records(records.records, cfg.data.kind, use_margin=cfg.loss.use_margin)
+        records = load_records(
+            source,
+            kind=cfg.data.kind,
+            registry=registry,
+            format=cfg.data.format,
+            strict=cfg.data.strict,
+            limit=cfg.data.limit,
+        )
+        rankings, duplicates = rankings_from_records(
+            records.records, cfg.data.kind, use_margin=cfg.loss.use_margin, source=source
+        )
         dropped = dict(records.report.dropped)
         if duplicates:
             dropped[DROPPED_DUPLICATES] = duplicates
-        return run_stage(stage=self.name, name=cfg.output, kind="reward_model", config=cfg, registry=registry,
-                         inputs=inputs, data={"train": records}, force=force,
-                         body=lambda run: self._train(run, cfg, rankings, dropped, uses_testbed(source)))
+        return run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind="reward_model",
+            config=cfg,
+            registry=registry,
+            inputs=inputs,
+            data={"train": records},
+            force=force,
+            body=lambda run: self._train(run, cfg, rankings, dropped, uses_testbed(source)),
+        )
 
-    def _train(self, run: StageRun, cfg: RewardModelConfig, rankings: list[Ranking], dropped: dict[str, int],
-               on_testbed: bool) -> None:
+    def _train(
+        self,
+        run: StageRun,
+        cfg: RewardModelConfig,
+        rankings: list[Ranking],
+        dropped: dict[str, int],
+        on_testbed: bool,
+    ) -> None:
         import torch
 
         from alignlab.models import save_model
@@ -173,23 +202,26 @@ class RewardModel:
         train, held_out = split_by_prompt(rankings, cfg.data.eval_share, cfg.train.seed)
         train_enc, truncated = encode(train, tok, cfg.data.max_length)
         metrics: dict[str, Any] = {
-            "train_rankings": len(train), "eval_rankings": len(held_out), "truncated": truncated,
-            "dropped": dropped, "dropped_identical": dropped.get(str(DropReason.IDENTICAL), 0),
+            "train_rankings": len(train),
+            "eval_rankings": len(held_out),
+            "truncated": truncated,
+            "dropped": dropped,
+            "dropped_identical": dropped.get(str(DropReason.IDENTICAL), 0),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
-        model, curve = fit(model, train_enc, cfg, tok.pad_token_id)
+        model, history = fit(model, train_enc, cfg, tok.pad_token_id)
         model = finalize(model, cfg.adapter)
-        metrics.update(loss_curve_metrics(curve))
+        metrics.update(log_history_metrics(history))
         eval_enc = encode(held_out, tok, cfg.data.max_length)[0] if held_out else train_enc
         metrics["metrics_split"] = "held_out" if held_out else "train"
         metrics.update(evaluate(model, eval_enc, tok.pad_token_id, cfg.train.batch_size))
         if cfg.eval.gold and on_testbed and cfg.eval.gold_n > 0:
             gold_enc = encode(gold_rankings(cfg.eval.gold_n, GOLD_PAIRS_SEED), tok, cfg.data.max_length)[0]
-            metrics["gold_accuracy"] = evaluate(model, gold_enc, tok.pad_token_id, cfg.train.batch_size)["accuracy"]
+            metrics["gold_accuracy"] = evaluate(model, gold_enc, tok.pad_token_id, cfg.train.batch_size)[
+                "accuracy"
+            ]
             metrics["gold_pairs"] = cfg.eval.gold_n
-        log.info("reward model: accuracy %.3f, gold accuracy %s, margin %.3f, score %.3f ± %.3f",
-                 metrics["accuracy"], metrics.get("gold_accuracy", "n/a"), metrics["margin_mean"],
-                 metrics["score_mean"], metrics["score_std"])
+        log.info("reward model: %s", {k: v for k, v in metrics.items() if k in SUMMARY})
         model.config.pad_token_id = tok.pad_token_id
         save_model(model, tok, run.dir)
         run.metrics.update(metrics)
@@ -215,8 +247,13 @@ def initial_reward_model(target: Resolved, registry: Registry, adapter: AdapterG
             merged, _ = load_causal_lm(target, registry, merge_adapter=True)
             merged.save_pretrained(tmp, safe_serialization=True)
             location = tmp
-        model = _from_pretrained(AutoModelForSequenceClassification, location, trust_remote_code=False,
-                                 num_labels=1, **quantization_kwargs(adapter))
+        model = _from_pretrained(
+            AutoModelForSequenceClassification,
+            location,
+            trust_remote_code=False,
+            num_labels=1,
+            **quantization_kwargs(adapter),
+        )
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
 
@@ -226,7 +263,9 @@ def score(model: Any, batch: dict[str, Any]) -> Any:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
 
 
-def batch_loss(model: Any, batch: dict[str, Any], center_coef: float = 0.0) -> tuple[Any, dict[str, float], Any]:
+def batch_loss(
+    model: Any, batch: dict[str, Any], center_coef: float = 0.0
+) -> tuple[Any, dict[str, float], Any]:
     """The ranking loss of a collated batch: ``(loss, stats, scores)``; each response scored once."""
     from alignlab.losses import ranking_loss
 
@@ -243,10 +282,11 @@ def optimizer_steps(micro_batches: int, train: TrainGroup) -> int:
 
 
 def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: int) -> tuple[Any, list]:
-    """Train with AdamW, warmup + schedule, clipping and accumulation; returns ``(model, loss curve)``.
+    """Train with AdamW, warmup + schedule, clipping and accumulation; returns ``(model, history)``.
 
     accelerate places the model and data (CPU here, one or more GPUs, or DeepSpeed when launched
-    with an accelerate config); the curve is ``[(step, mean loss since the previous point), ...]``.
+    with an accelerate config). ``history`` holds one ``{"step", "loss", "accuracy", "margin_mean",
+    "lr"}`` per logging point, means since the previous point (as a transformers Trainer logs).
     """
     import torch
     from accelerate import Accelerator
@@ -255,25 +295,37 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
 
     train, tracking = cfg.train, cfg.tracking
     log_with = None if tracking.report_to == "none" else str(tracking.report_to)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=train.grad_accum,
-                              log_with=log_with,
-                              project_dir=tempfile.mkdtemp(prefix="alignlab-reward-") if log_with else None)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=train.grad_accum,
+        log_with=log_with,
+        project_dir=tempfile.mkdtemp(prefix="alignlab-reward-") if log_with else None,
+    )
     if log_with:
-        accelerator.init_trackers(tracking.project, init_kwargs={"wandb": {"name": tracking.run_name or cfg.output}})
+        accelerator.init_trackers(
+            tracking.project, init_kwargs={"wandb": {"name": tracking.run_name or cfg.output}}
+        )
     loader = torch.utils.data.DataLoader(
-        data, batch_size=train.batch_size, shuffle=True, collate_fn=lambda b: collate(b, pad_token_id),
+        data,
+        batch_size=train.batch_size,
+        shuffle=True,
+        collate_fn=lambda b: collate(b, pad_token_id),
         generator=torch.Generator().manual_seed(train.seed),
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps = optimizer_steps(len(loader), train)
-    scheduler = accelerator.prepare(get_scheduler(
-        train.lr_scheduler, optimizer, num_warmup_steps=math.ceil(train.warmup_ratio * steps) * accelerator.num_processes,
-        num_training_steps=steps * accelerator.num_processes,
-    ))
+    scheduler = accelerator.prepare(
+        get_scheduler(
+            train.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(train.warmup_ratio * steps) * accelerator.num_processes,
+            num_training_steps=steps * accelerator.num_processes,
+        )
+    )
     model.train()
-    curve: list[tuple[int, float]] = []
+    history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
     step = 0
     bar = tqdm(total=steps, desc="reward model", disable=not accelerator.is_local_main_process)
@@ -282,8 +334,10 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
             with accelerator.accumulate(model):
                 loss, stats, _ = batch_loss(model, batch, cfg.loss.center_coef)
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"reward model: the loss became {loss.item()} at step {step + 1}; "
-                                        f"lower train.lr (now {train.lr}) or check the data")
+                    raise TrainingError(
+                        f"reward model: the loss became {loss.item()} at step {step + 1}; "
+                        f"lower train.lr (now {train.lr}) or check the data"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, train.max_grad_norm)
@@ -296,12 +350,21 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
             step += 1
             bar.update(1)
             if step % train.logging_steps == 0 or step == steps:
-                point = {k: sum(w[k] for w in window) / len(window) for k in ("loss", "accuracy", "margin_mean")}
+                point = {
+                    k: sum(w[k] for w in window) / len(window) for k in ("loss", "accuracy", "margin_mean")
+                }
                 point["lr"] = scheduler.get_last_lr()[0]
-                curve.append((step, point["loss"]))
+                history.append({"step": step, **point})
                 bar.set_postfix(loss=f"{point['loss']:.4f}", acc=f"{point['accuracy']:.2f}")
-                log.info("reward model step %d/%d: loss %.4f, accuracy %.3f, margin %.3f, lr %.2e",
-                         step, steps, point["loss"], point["accuracy"], point["margin_mean"], point["lr"])
+                log.info(
+                    "reward model step %d/%d: loss %.4f, accuracy %.3f, margin %.3f, lr %.2e",
+                    step,
+                    steps,
+                    point["loss"],
+                    point["accuracy"],
+                    point["margin_mean"],
+                    point["lr"],
+                )
                 if log_with:
                     accelerator.log({f"train/{k}": v for k, v in point.items()}, step=step)
                 window = []
@@ -309,15 +372,7 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
                 break
     bar.close()
     accelerator.end_training()
-    return accelerator.unwrap_model(model), curve
-
-
-def loss_curve_metrics(curve: list[tuple[int, float]]) -> dict[str, Any]:
-    """``train_loss_curve``, ``train_loss_first`` and ``train_loss_last``, as the other stages store them."""
-    out: dict[str, Any] = {"train_loss_curve": [list(point) for point in curve]}
-    if curve:
-        out["train_loss_first"], out["train_loss_last"] = curve[0][1], curve[-1][1]
-    return out
+    return accelerator.unwrap_model(model), history
 
 
 def evaluate(model: Any, data: list[Encoded], pad_token_id: int, batch_size: int) -> dict[str, float]:
@@ -337,7 +392,7 @@ def evaluate(model: Any, data: list[Encoded], pad_token_id: int, batch_size: int
     scores, gaps, losses, weights = [], [], [], []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
-            chunk = data[start:start + batch_size]
+            chunk = data[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
             loss, _, batch_scores = batch_loss(model, batch)
             better, worse, _ = ranking_pairs(batch["sizes"].tolist(), device=device)

@@ -40,8 +40,9 @@ class Ranking:
     margins: list[float] | None = None
 
 
-def rankings_from_records(records: Sequence[dict[str, Any]], kind: str, *,
-                          use_margin: bool = True) -> tuple[list[Ranking], int]:
+def rankings_from_records(
+    records: Sequence[dict[str, Any]], kind: str, *, use_margin: bool = True, source: str = ""
+) -> tuple[list[Ranking], int]:
     """Canonical ``preference`` or ``ranking`` records as rankings; also the number dropped.
 
     A ranking holding the same response twice (after stripping) says nothing about those two
@@ -62,13 +63,19 @@ def rankings_from_records(records: Sequence[dict[str, Any]], kind: str, *,
             continue
         out.append(Ranking(record["prompt"], responses))
     if dropped:
-        log.warning("reward model: dropped %d ranking(s) that list the same response twice", dropped)
+        log.warning(
+            "%s: dropped %d ranking(s) that list the same response twice", source or "reward data", dropped
+        )
     if not out:
-        raise DataError(f"no usable rankings: all {dropped} list the same response twice")
+        raise DataError(
+            f"{source + ': ' if source else ''}no usable rankings: all {dropped} list the same response twice"
+        )
     return out, dropped
 
 
-def split_by_prompt(rankings: Sequence[Ranking], share: float, seed: int) -> tuple[list[Ranking], list[Ranking]]:
+def split_by_prompt(
+    rankings: Sequence[Ranking], share: float, seed: int
+) -> tuple[list[Ranking], list[Ranking]]:
     """Hold out ``share`` of the distinct prompts (at least one when share > 0), with all their rankings.
 
     Splitting by prompt rather than by record keeps every held-out prompt unseen in training.
@@ -85,8 +92,10 @@ def split_by_prompt(rankings: Sequence[Ranking], share: float, seed: int) -> tup
     if share <= 0:
         return list(rankings), []
     if len(distinct) < 2:
-        raise DataError(f"data.eval_share={share} needs at least 2 distinct prompts to hold one out; "
-                        f"the data has {len(distinct)}. Add data or set data.eval_share=0")
+        raise DataError(
+            f"data.eval_share={share} needs at least 2 distinct prompts to hold one out; "
+            f"the data has {len(distinct)}. Add data or set data.eval_share=0"
+        )
     random.Random(seed).shuffle(distinct)
     n_eval = min(len(distinct) - 1, max(1, round(share * len(distinct))))
     held = set(distinct[:n_eval])
@@ -120,7 +129,9 @@ class Encoded:
 
 def transcript(tokenizer: Any, prompt: list[dict[str, Any]], response: str) -> str:
     """The text a reward model scores: the prompt messages and the response as an assistant turn."""
-    return tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+    return tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": response}], tokenize=False
+    )
 
 
 def encode(rankings: Sequence[Ranking], tokenizer: Any, max_length: int) -> tuple[list[Encoded], int]:
@@ -135,7 +146,7 @@ def encode(rankings: Sequence[Ranking], tokenizer: Any, max_length: int) -> tupl
     ids = [x[-max_length:] for x in ids]
     out, start = [], 0
     for r in rankings:
-        out.append(Encoded(ids[start:start + len(r.responses)], r.margins))
+        out.append(Encoded(ids[start : start + len(r.responses)], r.margins))
         start += len(r.responses)
     return out, truncated
 

@@ -10,9 +10,13 @@ from alignlab.testbed.gold import gold_response_score, is_correct
 from alignlab.testbed.world import parse_prompt
 
 
-def sanity(n: int = 2000, seed: int = 0, sloppy_share: float = 0.35, label_noise: float = 0.1) -> dict[str, float]:
+def sanity(
+    n: int = 2000, seed: int = 0, sloppy_share: float = 0.35, label_noise: float = 0.1
+) -> dict[str, float]:
     """Gold scores of the generated data itself: what SFT imitates and what a reward model sees."""
-    demos = [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in sft_records(n, seed, sloppy_share)]
+    demos = [
+        (r["messages"][0]["content"], r["messages"][1]["content"]) for r in sft_records(n, seed, sloppy_share)
+    ]
     pairs = preference_pairs(n, seed, label_noise)
     chosen = [gold_response_score(p["prompt"], p["chosen"]) for p in pairs]
     rejected = [gold_response_score(p["prompt"], p["rejected"]) for p in pairs]

@@ -1,0 +1,328 @@
+"""`alignlab eval`: evaluate an artifact; print the result and add it to the artifact's metrics.
+
+Each sub-command stores its result with ``Registry.add_metrics`` (earlier results stay in the
+artifact's metrics history; see ``alignlab artifacts history REF``) unless ``--no-store``.
+
+Example:
+    alignlab eval perplexity pretrain --data "testbed:pretrain?n=200&seed=1"
+    alignlab eval mc sft --questions questions.jsonl --shots 5 --calibrate
+    alignlab eval winrate ppo sft --prompts testbed:eval --judge gold
+    alignlab eval rm-accuracy reward_model --data "testbed:preferences?n=500&seed=3"
+    alignlab eval best-of-n sft --reward reward_model --n 8
+    alignlab eval overopt ppo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+from alignlab.registry import Artifact, Registry
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def friendly_errors(handler: Handler) -> Handler:
+    """AlignlabError -> its message on stderr and exit code 2, without a traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except AlignlabError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``eval`` command (and its sub-commands) to an argparse sub-parsers object."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--registry",
+        metavar="PATH",
+        default=None,
+        help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)",
+    )
+    common.add_argument(
+        "--no-store", action="store_true", help="print the result only; add nothing to the metrics"
+    )
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate an artifact and store the result in its metrics",
+        description=__doc__.splitlines()[0],
+    )
+    sub = parser.add_subparsers(metavar="EVALUATION", required=True)
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=friendly_errors(handler))
+        return p
+
+    p = command("perplexity", _perplexity, "perplexity and bits per character on held-out text")
+    p.add_argument("ref", metavar="REF", help="a causal LM reference")
+    p.add_argument(
+        "--data", required=True, help="text source: a file, testbed:pretrain?n=200&seed=1, a dataset"
+    )
+    p.add_argument("--limit", type=int, default=None, help="score only the first N documents")
+    p.add_argument("--seq-len", type=int, default=None, help="chunk length (default: the model's context)")
+    p.add_argument("--batch-size", type=int, default=16)
+
+    p = command("mc", _multiple_choice, "k-shot multiple-choice accuracy (MMLU / C-Eval style)")
+    p.add_argument("ref", metavar="REF", help="a causal LM reference")
+    p.add_argument("--questions", required=True, help='JSONL: {"question", "choices", "answer", "subject"?}')
+    p.add_argument("--shots", type=int, default=5, help="solved examples before each question (default 5)")
+    p.add_argument("--dev", default=None, help="JSONL the examples come from (default: the other questions)")
+    p.add_argument("--calibrate", action="store_true", help="contextual calibration (Zhao et al. 2021)")
+    p.add_argument(
+        "--content-free",
+        nargs="+",
+        default=["N/A"],
+        metavar="TEXT",
+        help="content-free inputs for --calibrate (default: N/A)",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+
+    p = command("winrate", _winrate, "win rate of REF_A against REF_B, judged on a prompt set")
+    p.add_argument("ref", metavar="REF_A")
+    p.add_argument("ref_b", metavar="REF_B")
+    p.add_argument(
+        "--prompts", default="testbed:eval?n=100", help="prompt source (default: testbed:eval?n=100)"
+    )
+    p.add_argument(
+        "--judge", default="gold", help="gold | REWARD_REF | pkg.mod:fn | llm:JUDGE_REF (default gold)"
+    )
+    p.add_argument("--labels", default="12", choices=["12", "AB"], help="the LLM judge's answer labels")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+
+    p = command("rm-accuracy", _rm_accuracy, "reward-model accuracy on a preference set")
+    p.add_argument("ref", metavar="REF", help="a reward model reference (or pkg.mod:fn)")
+    p.add_argument(
+        "--data", required=True, help="preference source: a file, testbed:preferences?n=500&seed=3, ..."
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    p.add_argument("--batch-size", type=int, default=32)
+
+    p = command("best-of-n", _best_of_n, "best-of-N curve of a policy under a reward (and the gold score)")
+    p.add_argument("ref", metavar="REF", help="a causal LM reference (the policy)")
+    p.add_argument("--reward", required=True, help="reward model reference or pkg.mod:fn")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt (default 8)")
+    p.add_argument(
+        "--prompts", default="testbed:eval?n=64", help="prompt source (default: testbed:eval?n=64)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, metavar="PNG", help="also draw reward and gold against sqrt(KL)")
+
+    p = command("overopt", _overopt, "over-optimisation along a PPO run: proxy and gold score against KL")
+    p.add_argument("ref", metavar="PPO_REF")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="where to draw the plot (default: reports/<name>-v<N>/overoptimization.png)",
+    )
+    p.add_argument("--x", choices=["sqrt_kl", "kl"], default="sqrt_kl", help="x axis (default sqrt_kl)")
+    return parser
+
+
+# ---- handlers -----------------------------------------------------------------------------------
+
+
+def _perplexity(args: argparse.Namespace) -> int:
+    from alignlab.data import load_records
+    from alignlab.eval.perplexity import text_perplexity
+    from alignlab.models import load_causal_lm
+
+    registry = Registry(args.registry)
+    texts = [
+        r["text"] for r in load_records(args.data, kind="text", registry=registry, limit=args.limit).records
+    ]
+    model, tokenizer = load_causal_lm(args.ref, registry)
+    result = text_perplexity(model, tokenizer, texts, seq_len=args.seq_len, batch_size=args.batch_size)
+    lines = [
+        f"perplexity {result.perplexity:.4f} ({result.tokens} tokens, {result.nll:.4f} nats/token)",
+        f"bits per character {result.bits_per_char:.4f} ({result.characters} characters, "
+        f"{result.documents} documents)",
+    ]
+    return _finish(
+        args, registry, result, {**result.to_metrics(), "heldout_data": args.data}, "eval.perplexity", lines
+    )
+
+
+def _multiple_choice(args: argparse.Namespace) -> int:
+    from alignlab.eval.multiple_choice import evaluate_multiple_choice, load_questions
+    from alignlab.models import load_causal_lm
+
+    registry = Registry(args.registry)
+    questions = load_questions(args.questions)
+    pool = load_questions(args.dev) if args.dev else None
+    model, tokenizer = load_causal_lm(args.ref, registry)
+    result = evaluate_multiple_choice(
+        model,
+        tokenizer,
+        questions,
+        shots=args.shots,
+        calibrate_bias=args.calibrate,
+        content_free=args.content_free,
+        shot_pool=pool,
+        batch_size=args.batch_size,
+    )
+    lines = [
+        f"accuracy {result.accuracy:.4f} on {result.n} questions, {result.shots}-shot"
+        f"{' (calibrated)' if result.calibrated else ''}; random baseline {result.random_baseline:.4f}"
+    ]
+    if result.calibrated:
+        lines.append(f"accuracy before calibration {result.accuracy_uncalibrated:.4f}")
+    if len(result.per_subject) > 1:
+        lines += [f"  {subject}: {acc:.4f}" for subject, acc in result.per_subject.items()]
+    return _finish(args, registry, result, result.to_metrics(args.questions), "eval.mc", lines)
+
+
+def _winrate(args: argparse.Namespace) -> int:
+    from alignlab.eval.winrate import win_rate
+
+    registry = Registry(args.registry)
+    result = win_rate(
+        args.ref,
+        args.ref_b,
+        args.prompts,
+        judge=args.judge,
+        registry=registry,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        labels=args.labels,
+    )
+    lines = [
+        f"{result.policy_a} vs {result.policy_b}, judged by {result.judge} on {result.n} prompts:",
+        f"win rate {result.win_rate:.4f} ({result.wins} wins, {result.ties} ties, {result.losses} losses); "
+        f"mean P(A better) {result.preference_mean:.4f}",
+    ]
+    if result.score_a_mean is not None:
+        lines.append(f"mean score: A {result.score_a_mean:.4f}, B {result.score_b_mean:.4f}")
+    if result.position_bias is not None:
+        lines.append(f"judge position bias {result.position_bias:+.4f} (cancelled by judging both orders)")
+    return _finish(args, registry, result, result.to_metrics(), "eval.winrate", lines)
+
+
+def _rm_accuracy(args: argparse.Namespace) -> int:
+    from alignlab.eval.reward_accuracy import evaluate_reward_accuracy
+
+    registry = Registry(args.registry)
+    result = evaluate_reward_accuracy(
+        args.ref, args.data, registry, limit=args.limit, batch_size=args.batch_size
+    )
+    lines = [
+        f"accuracy {result.accuracy:.4f} on {result.pairs} pairs ({result.ties} ties); "
+        f"mean margin {result.margin_mean:.4f}"
+    ]
+    return _finish(args, registry, result, result.to_metrics(), "eval.rm_accuracy", lines)
+
+
+def _best_of_n(args: argparse.Namespace) -> int:
+    from alignlab.eval.overoptimization import best_of_n_eval, plot_overoptimization
+
+    registry = Registry(args.registry)
+    result = best_of_n_eval(
+        args.ref,
+        args.reward,
+        args.prompts,
+        args.n,
+        registry,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        limit=args.limit,
+    )
+    lines = [
+        f"best of N under {result.reward_ref} ({result.prompts} prompts):",
+        "    N   KL(nats)   reward" + ("      gold" if result.gold else ""),
+    ]
+    for n in sorted(result.reward):
+        gold = f"  {result.gold[n]:8.4f}" if result.gold else ""
+        lines.append(f"  {n:3d}  {result.kl[n]:8.4f}  {result.reward[n]:8.4f}{gold}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        lines.append(f"plot: {plot_overoptimization(result.points(), args.plot, title='best of N')}")
+    return _finish(args, registry, result, result.to_metrics(), "eval.best_of_n", lines)
+
+
+def _overopt(args: argparse.Namespace) -> int:
+    from alignlab.eval.overoptimization import overoptimization, plot_overoptimization
+    from alignlab.eval.report import default_report_dir
+
+    registry = Registry(args.registry)
+    art = registry.get(args.ref)
+    result = overoptimization(registry, art)
+    plot = Path(args.plot) if args.plot else default_report_dir(art) / "overoptimization.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot_overoptimization(result.points, plot, x=args.x, title=f"{art.ref}: over-optimisation")
+    lines = [f"{art.ref}: {len(result.points)} steps, final KL {result.kl_final:.4f}"]
+    if result.gold_peak is not None:
+        lines.append(
+            f"gold score peaked at {result.gold_peak:.4f} (step {result.gold_peak_step:g}, KL "
+            f"{result.gold_peak_kl:.4f}); final {result.gold_final:.4f}"
+        )
+    if result.proxy_final is not None:
+        lines.append(f"proxy ({result.proxy_key}) final {result.proxy_final:.4f}")
+    lines.append(
+        "over-optimised: the gold score fell while the proxy rose"
+        if result.overoptimized
+        else "no sign of over-optimisation"
+    )
+    lines.append(f"plot: {plot}")
+    return _finish(args, registry, result, result.to_metrics(), "eval.overopt", lines)
+
+
+# ---- output and storage -------------------------------------------------------------------------
+
+
+def _finish(
+    args: argparse.Namespace,
+    registry: Registry,
+    result: Any,
+    metrics: dict[str, Any],
+    source: str,
+    lines: list[str],
+) -> int:
+    """Print the result (text or JSON) and add ``metrics`` to the artifact unless ``--no-store``."""
+    stored = None if args.no_store else store(registry, args.ref, metrics, source)
+    if args.json:
+        print(json.dumps({"result": _as_json(result), "stored_in": stored}, indent=2, default=str))
+        return 0
+    print("\n".join(lines))
+    if stored:
+        print(f"stored in the metrics of {stored} (history: alignlab artifacts history {stored})")
+    elif not args.no_store:
+        print(f"not stored: {args.ref} is not a registry artifact")
+    return 0
+
+
+def store(registry: Registry, ref: str, metrics: dict[str, Any], source: str) -> str | None:
+    """Add ``metrics`` to the artifact ``ref`` (history kept); None when ``ref`` is not an artifact."""
+    target = registry.resolve(ref) if not _is_import_path(ref) else None
+    if not isinstance(target, Artifact):
+        return None
+    return registry.add_metrics(target, metrics, source).ref
+
+
+def _is_import_path(ref: str) -> bool:
+    from alignlab.rewards import _looks_like_import_path
+
+    return ref.startswith("py:") or _looks_like_import_path(ref)
+
+
+def _as_json(result: Any) -> Any:
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result

@@ -1,0 +1,340 @@
+"""Few-shot multiple choice in the MMLU / C-Eval style, with optional contextual calibration.
+
+Each question is shown after ``k`` solved examples; the model's next-token logits for the option
+letters at the answer position (right after ``Answer:``) are compared, softmax over the options
+only. Accuracy is reported beside the random baseline (mean of 1 / number of options).
+
+Contextual calibration (Zhao et al. 2021, "Calibrate Before Use") estimates the bias the prompt
+itself gives each letter by asking the same k-shot prompt a content-free question ("N/A" as the
+question and as every option), then corrects for it: ``p_cal ∝ p / p_cf``.
+
+Questions are JSONL lines ``{"question", "choices": [...], "answer": "B" or 1, "subject"?}``.
+
+Example:
+    >>> questions = load_questions("mmlu_sample.jsonl")  # doctest: +SKIP
+    >>> evaluate_multiple_choice(model, tokenizer, questions, shots=5, calibrate=True).accuracy  # doctest: +SKIP
+    0.41
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab.errors import ConfigError, DataError
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CONTENT_FREE = ("N/A",)
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question; ``answer`` is the index of the correct choice."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    subject: str | None = None
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Read questions from a JSONL file; errors name ``file:line`` and the field.
+
+    Raises:
+        DataError: a missing file, bad JSON, or a record without a question, with fewer than two
+            choices, or with an answer that is not one of its letters / indices.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"questions file not found: {path}")
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err})") from None
+        out.append(_question(row, where))
+    if not out:
+        raise DataError(f"{path}: no questions")
+    return out
+
+
+def _question(row: Any, where: str) -> Question:
+    if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+        raise DataError(f"{where}: expected an object with a 'question' string")
+    choices = row.get("choices")
+    if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
+        raise DataError(f"{where}: 'choices' must be a list of 2 to {len(LETTERS)} options")
+    answer = row.get("answer")
+    if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS:
+        index = LETTERS.index(answer.strip().upper())
+    elif isinstance(answer, int) and not isinstance(answer, bool):
+        index = answer
+    else:
+        raise DataError(f"{where}: 'answer' must be a letter such as 'B' or a 0-based index, got {answer!r}")
+    if not 0 <= index < len(choices):
+        raise DataError(f"{where}: answer {answer!r} is not one of the {len(choices)} choices")
+    subject = row.get("subject")
+    return Question(row["question"], tuple(str(c) for c in choices), index, str(subject) if subject else None)
+
+
+def format_question(q: Question, with_answer: bool) -> str:
+    """``question``, the lettered options, then ``Answer:`` (and the letter for a solved example)."""
+    options = "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(q.choices))
+    answer = f" {LETTERS[q.answer]}\n\n" if with_answer else ""
+    return f"{q.question}\n{options}\nAnswer:{answer}"
+
+
+def few_shot_prompt(q: Question, shots: Sequence[Question]) -> str:
+    """The MMLU prompt: a header naming the subject, ``k`` solved examples, the question."""
+    subject = f" about {q.subject.replace('_', ' ')}" if q.subject else ""
+    header = f"The following are multiple choice questions (with answers){subject}.\n\n"
+    return header + "".join(format_question(s, True) for s in shots) + format_question(q, False)
+
+
+def select_shots(pool: Sequence[Question], q: Question, k: int) -> list[Question]:
+    """The first ``k`` questions of ``pool`` other than ``q``, same subject first (deterministic)."""
+    others = [p for p in pool if p is not q and p != q]
+    same = [p for p in others if p.subject == q.subject]
+    rest = [p for p in others if p.subject != q.subject]
+    return (same + rest)[:k]
+
+
+@contextlib.contextmanager
+def evaluating(model: Any) -> Iterator[None]:
+    """Eval mode and no autograd inside; the previous training flag restored after."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def model_device(model: Any) -> torch.device:
+    """Where the model's parameters are (CPU for a parameterless stand-in)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _right_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def option_logprobs(
+    model: Any,
+    tokenizer: Any,
+    contexts: Sequence[Sequence[int]],
+    options: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> list[torch.Tensor]:
+    """Log-probabilities of each context's options, normalised over those options.
+
+    When every option is one token (``" A"``, ``"1"``), one forward pass per context reads the
+    logits of those tokens at the answer position (the last context token). Otherwise each
+    option's continuation is scored in full (sum of its token log-probabilities).
+
+    Args:
+        model: a causal LM (anything returning ``.logits`` of shape (B, T, V)).
+        tokenizer: encodes the option strings (without special tokens).
+        contexts: token ids of each prompt, ending right before the answer.
+        options: the continuations to compare for each context, e.g. ``[" A", " B", " C"]``.
+        batch_size: sequences per forward pass.
+        max_length: longest sequence; longer contexts lose their beginning. Default: the model's
+            ``max_position_embeddings`` when it has one.
+
+    Returns:
+        One (K,) tensor of log-softmax scores per context (K = its number of options).
+    """
+    if max_length is None:
+        max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    encoded = {o: tokenizer(o, add_special_tokens=False).input_ids for row in options for o in row}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model_device(model)
+    single = all(len(ids) == 1 for ids in encoded.values()) and all(
+        len({encoded[o][0] for o in row}) == len(row) for row in options
+    )
+    if single:  # (context) -> logits of the option tokens at its last position
+        sequences = [_clip(list(c), 0, max_length) for c in contexts]
+        targets = [[encoded[o][0] for o in row] for row in options]
+    else:  # (context, option) -> summed log-probability of the option's tokens
+        sequences, targets = [], []
+        for c, row in zip(contexts, options):
+            for o in row:
+                sequences.append(_clip(list(c), len(encoded[o]), max_length) + encoded[o])
+                targets.append(encoded[o])
+    scores: list[torch.Tensor] = []
+    with evaluating(model):
+        for start in range(0, len(sequences), batch_size):
+            rows = sequences[start : start + batch_size]
+            ids, mask = _right_pad(rows, pad, device)
+            logp = torch.log_softmax(
+                model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1
+            )  # (B, T, V)
+            for i, row in enumerate(rows):
+                want = targets[start + i]
+                if single:
+                    scores.append(logp[i, len(row) - 1, want].cpu())
+                else:  # position t predicts token t + 1; the option fills the last len(want) slots
+                    first = len(row) - len(want)
+                    positions = torch.arange(first - 1, len(row) - 1)
+                    scores.append(logp[i, positions, want].sum().cpu())
+    if single:
+        return [torch.log_softmax(s, dim=-1) for s in scores]
+    out, pos = [], 0
+    for row in options:
+        out.append(torch.log_softmax(torch.stack(scores[pos : pos + len(row)]), dim=-1))
+        pos += len(row)
+    return out
+
+
+def _clip(context: list[int], reserve: int, max_length: int | None) -> list[int]:
+    if max_length is None or len(context) + reserve <= max_length:
+        return context
+    return context[len(context) + reserve - max_length :]
+
+
+def calibrate(probs: torch.Tensor, content_free: torch.Tensor) -> torch.Tensor:
+    """Contextual calibration: ``p_cal ∝ p / p_cf`` over the last dimension (K options)."""
+    corrected = probs / content_free.clamp_min(1e-12)
+    return corrected / corrected.sum(dim=-1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class MultipleChoiceResult:
+    """Few-shot multiple-choice results.
+
+    Attributes:
+        accuracy: share of questions whose most probable option is the answer (after
+            calibration when ``calibrated``).
+        random_baseline: expected accuracy of guessing (mean of 1 / options).
+        n: questions scored.
+        shots: solved examples per prompt.
+        calibrated: whether contextual calibration was applied.
+        accuracy_uncalibrated: the accuracy before calibration (equal to ``accuracy`` without it).
+        per_subject: accuracy by subject (questions without a subject under ``"-"``).
+        predictions: the predicted option index of each question.
+        probabilities: the option probabilities of each question (as used for ``predictions``).
+    """
+
+    accuracy: float
+    random_baseline: float
+    n: int
+    shots: int
+    calibrated: bool
+    accuracy_uncalibrated: float
+    per_subject: dict[str, float] = field(default_factory=dict)
+    predictions: list[int] = field(default_factory=list, repr=False)
+    probabilities: list[list[float]] = field(default_factory=list, repr=False)
+
+    def to_metrics(self, source: str = "") -> dict[str, Any]:
+        """Flat metrics for ``Registry.add_metrics``."""
+        out: dict[str, Any] = {
+            "mc_accuracy": self.accuracy,
+            "mc_random_baseline": self.random_baseline,
+            "mc_n": self.n,
+            "mc_shots": self.shots,
+            "mc_calibrated": self.calibrated,
+            "mc_accuracy_uncalibrated": self.accuracy_uncalibrated,
+            "mc_per_subject": self.per_subject,
+        }
+        if source:
+            out["mc_questions"] = source
+        return out
+
+
+def evaluate_multiple_choice(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[Question],
+    *,
+    shots: int = 5,
+    calibrate_bias: bool = False,
+    content_free: Sequence[str] = CONTENT_FREE,
+    shot_pool: Sequence[Question] | None = None,
+    batch_size: int = 8,
+) -> MultipleChoiceResult:
+    """k-shot accuracy of ``model`` on ``questions``.
+
+    Args:
+        model: a causal LM. tokenizer: its tokenizer.
+        questions: the questions to score.
+        shots: solved examples before each question.
+        calibrate_bias: apply contextual calibration (one extra content-free prompt per distinct
+            set of examples and number of options, averaged over ``content_free`` strings).
+        content_free: the content-free stand-ins for question and options.
+        shot_pool: where examples come from (a dev split); default the other questions.
+        batch_size: sequences per forward pass.
+    """
+    if shots < 0:
+        raise ConfigError(f"shots must be >= 0, got {shots}")
+    if not questions:
+        raise DataError("multiple choice: no questions")
+    pool = list(shot_pool) if shot_pool is not None else list(questions)
+    examples = [select_shots(pool, q, shots) for q in questions]
+    letters = [[f" {LETTERS[i]}" for i in range(len(q.choices))] for q in questions]
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text).input_ids  # the tokenizer's own BOS, as in any document
+
+    contexts = [encode(few_shot_prompt(q, ex)) for q, ex in zip(questions, examples)]
+    probs = [lp.exp() for lp in option_logprobs(model, tokenizer, contexts, letters, batch_size=batch_size)]
+    raw = [int(p.argmax()) for p in probs]
+    final = probs
+    if calibrate_bias:
+        keys = [(tuple(ex), q.subject, len(q.choices)) for q, ex in zip(questions, examples)]
+        unique = {key: i for i, key in reversed(list(enumerate(keys)))}  # key -> its first question
+        cf_contexts, cf_options, owners = [], [], []
+        for key, i in unique.items():
+            q = questions[i]
+            for text in content_free:
+                blank = Question(text, (text,) * len(q.choices), 0, q.subject)
+                cf_contexts.append(encode(few_shot_prompt(blank, examples[i])))
+                cf_options.append(letters[i])
+                owners.append(key)
+        cf_scores = option_logprobs(model, tokenizer, cf_contexts, cf_options, batch_size=batch_size)
+        bias: dict[Any, list[torch.Tensor]] = {}
+        for key, lp in zip(owners, cf_scores):
+            bias.setdefault(key, []).append(lp.exp())
+        final = [calibrate(p, torch.stack(bias[key]).mean(dim=0)) for p, key in zip(probs, keys)]
+    predictions = [int(p.argmax()) for p in final]
+    hits = [pred == q.answer for pred, q in zip(predictions, questions)]
+    by_subject: dict[str, list[bool]] = {}
+    for q, hit in zip(questions, hits):
+        by_subject.setdefault(q.subject or "-", []).append(hit)
+    n = len(questions)
+    return MultipleChoiceResult(
+        accuracy=sum(hits) / n,
+        random_baseline=sum(1 / len(q.choices) for q in questions) / n,
+        n=n,
+        shots=shots,
+        calibrated=calibrate_bias,
+        accuracy_uncalibrated=sum(r == q.answer for r, q in zip(raw, questions)) / n,
+        per_subject={s: sum(h) / len(h) for s, h in sorted(by_subject.items())},
+        predictions=predictions,
+        probabilities=[p.tolist() for p in final],
+    )

@@ -1,0 +1,351 @@
+"""Rollouts: sample responses from the policy and collect everything PPO trains on, once.
+
+Shapes: ``B`` prompts, ``P`` the padded prompt length (left padding), ``T`` the padded response
+length (right padding after each EOS), ``V`` the vocabulary. The sequence a model sees is
+``cat(query, response)``, (B, P + T); the logits that predict response token ``t`` sit at position
+``P - 1 + t``, and so does the critic's value ``V(s_t)`` of the state before that token.
+
+One rollout costs one ``generate`` call per chunk (KV cache), then one batched forward pass each
+of the policy (old log-probs), the reference (reference log-probs) and the critic (values), all
+under inference mode, and one call of the scorer. Nothing here is computed again during the PPO
+epochs that train on the rollout.
+
+Example:
+    >>> shaper = ScoreShaper(RewardNormalization.RUNNING, clip=5.0)
+    >>> rollout, seconds = collect_rollout(policy, tok, queries, prompts, critic=critic,
+    ...     scorer=scorer, shaper=shaper, settings=GenerationSettings(max_new_tokens=32))  # doctest: +SKIP
+    >>> rollout.logprobs.shape == rollout.mask.shape  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from alignlab.rl.losses import logprobs_from_logits
+from alignlab.rl.normalization import RewardNormalization, RunningMoments, normalize_scores
+
+Scorer = Callable[[list[str], list[str]], Sequence[float]]
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are sampled during PPO.
+
+    Attributes:
+        max_new_tokens: response budget; a response that hits it without EOS "never ended"
+            (see ``missing_eos_penalty``). Source: alignlab (a clean testbed answer is ~10 tokens;
+            TRL's last PPO used 53).
+        temperature: sampling temperature; log-probabilities are taken at the same temperature so
+            that the ratio is that of the sampling policy. Source: InstructGPT samples at 1.0
+            (on-policy); TRL's last PPO used 0.7.
+        top_p: nucleus sampling (1.0 = off). Truncation is not reflected in the log-probabilities,
+            as in TRL; keep it at 1.0 for exact on-policy ratios.
+        top_k: keep the k most likely tokens (0 = the full distribution, as in TRL).
+        batch_size: prompts per ``generate`` call and per inference forward pass.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 64
+
+
+@dataclass
+class Rollout:
+    """One batch of experience; every tensor on the same device.
+
+    Attributes:
+        query: (B, P) prompt token ids, left-padded.
+        query_mask: (B, P) 1 on real prompt tokens.
+        response: (B, T) sampled token ids; what follows each row's first EOS is padding.
+        mask: (B, T) 1 on real response tokens (the EOS included), 0 after it.
+        logprobs: (B, T) log π_old of each sampled token (the policy that sampled it).
+        ref_logprobs: (B, T) the same under the frozen reference.
+        values: (B, T) the critic's V(s_t) at rollout time.
+        raw_scores: (B,) what the scorer returned.
+        scores: (B,) the scores PPO optimises (see :class:`ScoreShaper`).
+        ended: (B,) True where the response stopped at EOS.
+        prompts: the B prompts as text (what the scorer saw).
+        responses: the B responses as text (special tokens stripped).
+    """
+
+    query: Tensor
+    query_mask: Tensor
+    response: Tensor
+    mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    values: Tensor
+    raw_scores: Tensor
+    scores: Tensor
+    ended: Tensor
+    prompts: list[str]
+    responses: list[str]
+
+    def __len__(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def input_ids(self) -> Tensor:
+        """(B, P + T) prompt then response."""
+        return torch.cat([self.query, self.response], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """(B, P + T)."""
+        return torch.cat([self.query_mask, self.mask.to(self.query_mask.dtype)], dim=1)
+
+    def select(self, index: Tensor) -> Rollout:
+        """The rows ``index`` (a 1-D LongTensor) of every tensor and list."""
+        picked: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            picked[f.name] = value[index] if isinstance(value, Tensor) else [value[i] for i in index.tolist()]
+        return Rollout(**picked)
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+
+def response_mask(response: Tensor, eos_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mask of the real tokens of each response: up to and including its first EOS.
+
+    Works when the pad token is the EOS token too (it only looks at the first EOS).
+
+    Args:
+        response: (B, T) generated ids.
+        eos_ids: token ids that end a response.
+
+    Returns:
+        mask (B, T) long, and ended (B,) bool (the row holds an EOS).
+    """
+    is_eos = torch.isin(response, torch.tensor(list(eos_ids), device=response.device))
+    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # EOS strictly before t
+    return (eos_before == 0).long(), is_eos.any(dim=1)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """(B, L) positions counted from each row's first real token, as ``generate`` numbers them."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
+
+
+def policy_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, response_len: int,
+                  temperature: float = 1.0) -> Tensor:
+    """(B, T, V) logits that predict the last ``response_len`` tokens, divided by the temperature.
+
+    Only the last T + 1 positions go through the LM head (``logits_to_keep``).
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=response_len + 1, use_cache=False)
+    return out.logits[:, :-1] / temperature
+
+
+def token_values(critic: Any, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """(B, T) the critic's value of the state before each of the last ``response_len`` tokens.
+
+    ``critic`` is a sequence-classification model with one label (a reward model, or a causal
+    LM's transformer with a new scalar head); its head is applied at every position instead of
+    only the last one. A peft-wrapped critic is unwrapped to reach the transformer and the head.
+    """
+    model = critic.get_base_model() if hasattr(critic, "get_base_model") else critic
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if head is None:
+        raise TypeError(f"{type(model).__name__} has no `score` or `classifier` head to use as a value head")
+    body = getattr(model, model.base_model_prefix)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                  use_cache=False).last_hidden_state  # (B, P + T, H)
+    return head(hidden[:, -response_len - 1:-1]).squeeze(-1).float()
+
+
+@contextmanager
+def reference_model(policy: Any, reference: Any | None) -> Iterator[Any]:
+    """The reference policy: ``reference`` itself, or ``policy`` with its peft adapter disabled."""
+    if reference is not None:
+        yield reference
+        return
+    with policy.disable_adapter():
+        yield policy
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Slices covering ``range(n)`` in pieces of ``size``."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+# --- scores -------------------------------------------------------------------------------------
+
+
+class ScoreShaper:
+    """Raw scores (B,) -> the scores PPO optimises: normalise, clip, penalise responses without EOS.
+
+    Args:
+        normalization: none | running (moments of every raw score so far, this batch included) |
+            reward_model (``reference_moments``, the reward model's stored mean and std).
+        clip: clip the normalised score to ``[-clip, clip]`` (None = no clipping).
+        missing_eos_penalty: subtracted from the (normalised, clipped) score of every response
+            that never emitted EOS (None = no penalty).
+        reference_moments: (mean, std) for ``reward_model`` normalisation.
+    """
+
+    def __init__(self, normalization: RewardNormalization | str = RewardNormalization.NONE,
+                 clip: float | None = None, missing_eos_penalty: float | None = None,
+                 reference_moments: tuple[float, float] | None = None) -> None:
+        self.normalization = RewardNormalization(normalization)
+        if self.normalization is RewardNormalization.REWARD_MODEL and reference_moments is None:
+            raise ValueError("reward_model normalisation needs the reward model's (mean, std)")
+        self.clip = clip
+        self.missing_eos_penalty = missing_eos_penalty
+        self.reference_moments = reference_moments
+        self.moments = RunningMoments()
+
+    def __call__(self, raw: Tensor, ended: Tensor) -> Tensor:
+        mean, std = 0.0, 1.0
+        if self.normalization is RewardNormalization.RUNNING:
+            self.moments.update(raw)
+            mean, std = self.moments.mean, self.moments.std
+        elif self.normalization is RewardNormalization.REWARD_MODEL:
+            mean, std = self.reference_moments  # type: ignore[misc]
+        scores = normalize_scores(raw, mean, std, clip=self.clip)
+        if self.missing_eos_penalty:
+            scores = scores - self.missing_eos_penalty * (~ended.bool()).to(scores.dtype)
+        return scores
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"moments": self.moments.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.moments.load_state_dict(state["moments"])
+
+
+# --- the rollout --------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def sample_responses(policy: Any, query: Tensor, query_mask: Tensor, settings: GenerationSettings,
+                     eos_ids: Sequence[int], pad_id: int) -> Tensor:
+    """(B, T) sampled response ids (KV cache, stops at EOS), padded with ``pad_id`` to one width."""
+    pieces = []
+    for part in chunks(query.shape[0], settings.batch_size):
+        out = policy.generate(
+            input_ids=query[part], attention_mask=query_mask[part], max_new_tokens=settings.max_new_tokens,
+            do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+            eos_token_id=list(eos_ids), pad_token_id=pad_id, use_cache=True,
+        )
+        pieces.append(out[:, query.shape[1]:])
+    width = max(p.shape[1] for p in pieces)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad_id) for p in pieces])
+
+
+@torch.inference_mode()
+def rollout_forward(policy: Any, reference: Any | None, critic: Any, query: Tensor, query_mask: Tensor,
+                    response: Tensor, mask: Tensor, temperature: float,
+                    batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Old log-probs, reference log-probs and values, (B, T) each, in batched inference passes."""
+    ids = torch.cat([query, response], dim=1)
+    attn = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
+    T = response.shape[1]
+    logprobs, ref_logprobs, values = [], [], []
+    for part in chunks(ids.shape[0], batch_size):
+        logits = policy_logits(policy, ids[part], attn[part], T, temperature)
+        logprobs.append(logprobs_from_logits(logits, response[part]))
+        del logits
+        with reference_model(policy, reference) as ref:
+            ref_logits = policy_logits(ref, ids[part], attn[part], T, temperature)
+        ref_logprobs.append(logprobs_from_logits(ref_logits, response[part]))
+        del ref_logits
+        values.append(token_values(critic, ids[part], attn[part], T))
+    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+
+def collect_rollout(policy: Any, tokenizer: Any, queries: Sequence[Sequence[int]], prompts: list[str], *,
+                    critic: Any, scorer: Scorer, shaper: ScoreShaper, settings: GenerationSettings,
+                    reference: Any | None = None) -> tuple[Rollout, dict[str, float]]:
+    """Sample one response per prompt and compute everything PPO needs about it.
+
+    Args:
+        policy: the causal LM being trained (unwrapped; a peft model when ``reference`` is None).
+        tokenizer: its tokenizer (pad and EOS ids, decoding).
+        queries: B prompts as token ids (chat template applied).
+        prompts: the same B prompts as text, for the scorer.
+        critic: the value model (see :func:`token_values`).
+        scorer: ``(prompts, responses) -> scores``.
+        shaper: turns raw scores into the scores PPO optimises.
+        settings: sampling settings.
+        reference: the frozen reference policy; None = ``policy`` with its adapter disabled.
+
+    Returns:
+        The rollout, and seconds spent per phase: ``generation``, ``forward`` (old log-probs,
+        reference log-probs, values) and ``scoring``.
+    """
+    from alignlab.models.generation import left_pad
+
+    device = next(policy.parameters()).device
+    eos_ids = _eos_ids(tokenizer, policy)
+    query, query_mask = (t.to(device) for t in left_pad(queries, tokenizer.pad_token_id))
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    response = sample_responses(policy, query, query_mask, settings, eos_ids, tokenizer.pad_token_id)
+    mask, ended = response_mask(response, eos_ids)
+    response = torch.where(mask.bool(), response, tokenizer.pad_token_id)
+    seconds["generation"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    logprobs, ref_logprobs, values = rollout_forward(policy, reference, critic, query, query_mask, response, mask,
+                                                     settings.temperature, settings.batch_size)
+    seconds["forward"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    responses = [text.strip() for text in tokenizer.batch_decode(response, skip_special_tokens=True)]
+    raw = torch.tensor(list(scorer(list(prompts), responses)), dtype=torch.float32, device=device)
+    scores = shaper(raw, ended)
+    seconds["scoring"] = time.perf_counter() - start
+    rollout = Rollout(query=query, query_mask=query_mask, response=response, mask=mask, logprobs=logprobs,
+                      ref_logprobs=ref_logprobs, values=values, raw_scores=raw, scores=scores, ended=ended,
+                      prompts=list(prompts), responses=responses)
+    return rollout, seconds
+
+
+def step_rows(step: int, batch: int, n: int, seed: int) -> list[int]:
+    """Prompt indices of ``step`` (1-based): consecutive slices of a seeded shuffle per epoch."""
+    rows, orders = [], {}
+    for i in range((step - 1) * batch, step * batch):
+        epoch = i // n
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+        rows.append(orders[epoch][i % n])
+    return rows
+
+
+def encode_prompts(tokenizer: Any, records: Sequence[dict[str, Any]],
+                   max_length: int) -> tuple[list[list[int]], list[str], int]:
+    """Chat-template canonical prompt records (``{"prompt": [messages]}``) for sampling.
+
+    Returns:
+        The token ids of each kept prompt (generation prompt appended), its text for the scorer
+        (the last user turn: scorers take ``(prompt, response)`` strings), and how many prompts
+        were dropped for being longer than ``max_length`` tokens.
+    """
+    from alignlab.models.generation import encode_prompts as encode
+
+    encoded = encode(tokenizer, [r["prompt"] for r in records])
+    kept = [(ids, r) for ids, r in zip(encoded, records) if len(ids) <= max_length]
+    texts = [next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "") for _, r in kept]
+    return [ids for ids, _ in kept], texts, len(records) - len(kept)
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
+    """The tokenizer's EOS plus any the model's generation config names."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)

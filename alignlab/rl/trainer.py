@@ -1,0 +1,278 @@
+"""The PPO update: rewards and advantages of a rollout, then epochs of clipped updates on minibatches.
+
+:class:`PPOTrainer` holds the policy, the critic, one AdamW optimiser (a parameter group each,
+so each has its own learning rate), the learning-rate schedule and the ``accelerate.Accelerator``.
+It knows nothing about data sources, checkpoints or logging: the PPO stage drives it.
+
+Example:
+    >>> trainer = PPOTrainer(policy, critic, PPOSettings(), lr=1e-5, total_updates=100)  # doctest: +SKIP
+    >>> experience = trainer.experience(rollout, kl_coef=0.05)  # doctest: +SKIP
+    >>> stats = trainer.update(rollout, experience, step=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from alignlab.errors import TrainingError
+from alignlab.rl.advantages import get_advantage_estimator, masked_mean, masked_whiten, per_token_rewards
+from alignlab.rl.kl import KLEstimator
+from alignlab.rl.losses import (
+    explained_variance,
+    logprobs_from_logits,
+    masked_entropy,
+    policy_loss,
+    value_loss,
+)
+from alignlab.rl.rollout import Rollout, chunks, policy_logits, position_ids, token_values
+
+
+@dataclass
+class PPOSettings:
+    """The PPO update.
+
+    Attributes:
+        epochs: PPO epochs over each rollout batch. Source: InstructGPT and DeepSpeed-Chat
+            (``ppo_epochs=1``); TRL's last PPO used 4.
+        mini_batch_size: rollout rows per optimiser step (split further by ``train.grad_accum``).
+            Source: alignlab, sized for CPU runs; TRL's last PPO used 1 minibatch per batch.
+        clip: ε of the clipped surrogate. Source: PPO paper, InstructGPT, DeepSpeed-Chat, TRL (0.2).
+        value_clip: ε of the clipped value loss, in value units (None = unclipped). Source:
+            DeepSpeed-Chat and TRL (``cliprange_value=0.2``).
+        vf_coef: weight of the value loss in the total loss. Source: TRL (0.1).
+        entropy_coef: weight of an entropy bonus. Source: InstructGPT, DeepSpeed-Chat and TRL use
+            none (0.0).
+        gamma: discount γ. Source: InstructGPT, DeepSpeed-Chat, TRL (1.0).
+        lam: GAE λ. Source: DeepSpeed-Chat and TRL (0.95).
+        whiten_advantages: standardise advantages over the rollout batch. Source: TRL (on).
+        advantage_estimator: a name in ``alignlab.rl.ADVANTAGE_ESTIMATORS`` (gae, reinforce, ...).
+        critic_lr: the critic's learning rate (None = ``train.lr``). DeepSpeed-Chat used 5e-6 for
+            the critic beside 9.65e-6 for the actor.
+    """
+
+    epochs: int = 1
+    mini_batch_size: int = 8
+    clip: float = 0.2
+    value_clip: float | None = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    advantage_estimator: str = "gae"
+    critic_lr: float | None = None
+
+
+@dataclass
+class Experience:
+    """What the update trains on besides the rollout: all (B, T), 0 on padding."""
+
+    rewards: Tensor
+    kl: Tensor
+    advantages: Tensor
+    returns: Tensor
+
+
+class PTXBatches:
+    """Batches of pretraining text for the PPO-ptx term (InstructGPT), in a seeded cyclic order.
+
+    Args:
+        sequences: tokenized texts (lists of ids), already cut to the maximum length.
+        batch_size: texts per batch.
+        pad_id: padding id.
+        seed: order seed.
+    """
+
+    def __init__(self, sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int, seed: int = 0) -> None:
+        if not sequences:
+            raise ValueError("PTXBatches needs at least one text")
+        self.sequences = [list(s) for s in sequences]
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.order = torch.randperm(len(self.sequences), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], tokenizer: Any, *, batch_size: int, max_length: int,
+                   seed: int = 0) -> PTXBatches:
+        """Tokenize plain texts (no chat template), each ending with EOS, cut to ``max_length``."""
+        encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        sequences = [(list(ids) + [tokenizer.eos_token_id])[:max_length] for ids in encoded]
+        return cls(sequences, batch_size, tokenizer.pad_token_id, seed=seed)
+
+    def batch(self, k: int) -> tuple[Tensor, Tensor]:
+        """The k-th batch (cycling): input_ids and attention_mask, (b, L) right-padded."""
+        n = len(self.order)
+        rows = [self.sequences[self.order[(k * self.batch_size + i) % n]] for i in range(self.batch_size)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        return ids, mask
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off, so that the first PPO ratio is exactly 1 (as TRL does)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+class PPOTrainer:
+    """Policy + critic + optimiser + schedule; turns rollouts into parameter updates.
+
+    Args:
+        policy: the causal LM being trained (a peft model for LoRA).
+        critic: the value model (see :func:`alignlab.rl.rollout.token_values`).
+        settings: PPO hyperparameters.
+        lr: the policy's peak learning rate.
+        total_updates: optimiser steps in the whole run (for the schedule).
+        weight_decay, max_grad_norm, scheduler, warmup_ratio: as in ``TrainGroup``.
+        grad_accum: micro-batches per minibatch.
+        temperature: the sampling temperature (log-probs are taken at it).
+        seed: minibatch order seed.
+        ptx: pretraining batches for the PPO-ptx term; ``ptx_coef`` weighs its LM loss.
+        accelerator: an ``accelerate.Accelerator`` (one is made when None).
+    """
+
+    def __init__(self, policy: Any, critic: Any, settings: PPOSettings, *, lr: float, total_updates: int,
+                 weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, scheduler: str = "constant",
+                 warmup_ratio: float = 0.0, grad_accum: int = 1, temperature: float = 1.0, seed: int = 0,
+                 ptx: PTXBatches | None = None, ptx_coef: float = 0.0, accelerator: Any = None) -> None:
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        self.settings = settings
+        self.accelerator = accelerator or Accelerator()
+        self.estimate_advantages = get_advantage_estimator(settings.advantage_estimator)
+        for model in (policy, critic):
+            disable_dropout(model)
+            model.eval()  # no dropout anywhere; gradients still flow
+        groups = [
+            {"params": [p for p in policy.parameters() if p.requires_grad], "lr": lr},
+            {"params": [p for p in critic.parameters() if p.requires_grad], "lr": settings.critic_lr or lr},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        self.policy, self.critic, self.optimizer = self.accelerator.prepare(policy, critic, optimizer)
+        self.scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_updates),
+                                       num_training_steps=max(total_updates, 1))
+        self.max_grad_norm = max_grad_norm
+        self.grad_accum = max(1, grad_accum)
+        self.temperature = temperature
+        self.seed = seed
+        self.ptx, self.ptx_coef = ptx, ptx_coef
+        self.updates = 0  # optimiser steps taken
+        self.ptx_batches = 0  # pretraining batches drawn
+
+    @staticmethod
+    def updates_per_step(batch_size: int, settings: PPOSettings) -> int:
+        """Optimiser steps per rollout batch."""
+        return settings.epochs * math.ceil(batch_size / settings.mini_batch_size)
+
+    @torch.no_grad()
+    def experience(self, rollout: Rollout, kl_coef: float,
+                   kl_estimator: KLEstimator | str = KLEstimator.K1) -> Experience:
+        """Per-token rewards (-β·KL, score at the last token), advantages and returns."""
+        s = self.settings
+        rewards, kl = per_token_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
+                                        kl_coef=kl_coef, kl_estimator=kl_estimator)
+        advantages, returns = self.estimate_advantages(rewards, rollout.values, rollout.mask, gamma=s.gamma, lam=s.lam)
+        if s.whiten_advantages:
+            advantages = masked_whiten(advantages, rollout.mask)
+        return Experience(rewards=rewards, kl=kl, advantages=advantages, returns=returns)
+
+    def update(self, rollout: Rollout, experience: Experience, step: int) -> dict[str, float]:
+        """PPO epochs over shuffled minibatches of the rollout; returns the mean of each statistic.
+
+        Raises:
+            TrainingError: a non-finite loss (nothing is stepped with it).
+        """
+        s = self.settings
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        history: dict[str, list[float]] = defaultdict(list)
+        for epoch in range(s.epochs):
+            permutation = torch.randperm(len(rollout), generator=order).to(rollout.query.device)
+            for number, part in enumerate(chunks(len(rollout), s.mini_batch_size)):
+                index = permutation[part]
+                micro_parts = chunks(len(index), math.ceil(len(index) / self.grad_accum))
+                for micro in micro_parts:
+                    stats = self._backward(rollout, experience, index[micro], len(micro_parts),
+                                           where=(step, epoch, number))
+                    for key, value in stats.items():
+                        history[key].append(value)
+                history["grad_norm_policy"].append(self._clip(self.policy))
+                history["grad_norm_critic"].append(self._clip(self.critic))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.updates += 1
+        out = {key: sum(values) / len(values) for key, values in history.items()}
+        out["explained_variance"] = explained_variance(rollout.values, experience.returns, rollout.mask)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def _backward(self, rollout: Rollout, experience: Experience, index: Tensor, n_micro: int,
+                  where: tuple[int, int, int]) -> dict[str, float]:
+        s = self.settings
+        batch = rollout.select(index)
+        ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask
+        T = batch.response.shape[1]
+        logits = policy_logits(self.policy, ids, attn, T, self.temperature)  # (b, T, V)
+        logprobs = logprobs_from_logits(logits, batch.response)
+        entropy = masked_entropy(logits, mask)
+        del logits
+        values = token_values(self.critic, ids, attn, T)
+        pg_loss, pg_stats = policy_loss(logprobs, batch.logprobs, experience.advantages[index], mask, clip=s.clip)
+        vf_loss, vf_stats = value_loss(values, batch.values, experience.returns[index], mask, clip=s.value_clip)
+        loss = pg_loss + s.vf_coef * vf_loss - s.entropy_coef * entropy
+        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy.item(),
+                 "value_mean": masked_mean(values.detach(), mask).item(), **pg_stats, **vf_stats}
+        if self.ptx is not None and self.ptx_coef:
+            ptx_loss = self._ptx_loss()
+            loss = loss + self.ptx_coef * ptx_loss
+            stats["ptx_loss"] = ptx_loss.item()
+        if not torch.isfinite(loss):
+            step, epoch, number = where
+            raise TrainingError(
+                f"non-finite PPO loss at step {step} (PPO epoch {epoch}, minibatch {number}): "
+                f"policy_loss={stats['policy_loss']}, value_loss={stats['value_loss']}, entropy={stats['entropy']}; "
+                "lower train.lr or ppo.critic_lr, or raise kl.coef"
+            )
+        self.accelerator.backward(loss / n_micro)
+        return stats
+
+    def _ptx_loss(self) -> Tensor:
+        assert self.ptx is not None
+        device = self.accelerator.device
+        ids, attn = (t.to(device) for t in self.ptx.batch(self.ptx_batches))
+        self.ptx_batches += 1
+        labels = torch.where(attn.bool(), ids, -100)
+        return self.policy(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), labels=labels,
+                           use_cache=False).loss
+
+    def _clip(self, model: Any) -> float:
+        params = [p for p in model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        if self.max_grad_norm:
+            return float(self.accelerator.clip_grad_norm_(params, self.max_grad_norm))
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser and schedule state (plain tensors and numbers: loads with ``weights_only``)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "updates": self.updates, "ptx_batches": self.ptx_batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.updates = int(state["updates"])
+        self.ptx_batches = int(state["ptx_batches"])

@@ -1,0 +1,502 @@
+"""`PPO`: RLHF with proximal policy optimisation, against a reward model or a reward function.
+
+One PPO step (InstructGPT; Ziegler et al. 2019):
+
+1. rollout — sample a response to each of ``train.batch_size`` prompts (KV cache, left padding,
+   stop at EOS), then one inference pass each for the old log-probs, the reference log-probs
+   and the critic's values (``alignlab.rl.rollout``);
+2. scores — the reward model (or function) on prompt + response, normalised, clipped, minus
+   ``missing_eos_penalty`` for responses that never ended (``ScoreShaper``);
+3. rewards — ``-β·KL_t`` on every token, the score added on the last one; GAE(γ, λ) advantages and
+   returns; advantages whitened (``alignlab.rl.advantages``);
+4. update — ``ppo.epochs`` passes over shuffled minibatches: clipped surrogate + ``vf_coef`` ×
+   clipped value loss − ``entropy_coef`` × entropy (+ ``ptx.coef`` × pretraining LM loss), AdamW
+   (``alignlab.rl.trainer``);
+5. KL control — β fixed, or adapted toward ``kl.target``.
+
+Every step is logged (console, wandb/tensorboard, the artifact's ``history``); a non-finite loss
+or a KL beyond ``max_kl`` stops the run with :class:`TrainingError`; checkpoints every
+``checkpoint_every`` steps make a stopped run resumable (``alignlab.rl.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from alignlab.config import load_config, to_dict
+from alignlab.errors import ConfigError, TrainingError
+from alignlab.registry import Artifact, Registry, fingerprint
+from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
+from alignlab.rl.normalization import RewardNormalization, score_moments_from_metrics
+from alignlab.rl.rollout import GenerationSettings, ScoreShaper
+from alignlab.rl.trainer import PPOSettings
+from alignlab.stages.evaluation import gold_metrics, uses_testbed
+from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage
+
+log = logging.getLogger("alignlab")
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "checkpoint_dir", "tracking")  # not part of the run key
+
+
+@dataclass
+class PPOData:
+    """Prompts.
+
+    Attributes:
+        source: a prompt file (json, jsonl, parquet, csv), ``testbed:prompts``, a dataset
+            artifact reference or a hub dataset name.
+        format: "auto" or a format name to force. strict: fail on a bad record (else drop it).
+        limit: use only the first N prompts.
+        max_prompt_length: prompts longer than this (in tokens, chat template included) are dropped.
+    """
+
+    source: str = "testbed:prompts"
+    format: str = "auto"
+    strict: bool = True
+    limit: int | None = None
+    max_prompt_length: int = 128
+
+
+@dataclass
+class KLSettings:
+    """The KL penalty toward the reference policy.
+
+    Attributes:
+        control: fixed | adaptive. Source: InstructGPT and TRL's last PPO fixed; Ziegler et al.
+            and TRL's legacy PPO adaptive.
+        coef: β (the initial β when adaptive). Source: TRL's last PPO 0.05; InstructGPT 0.02;
+            DeepSpeed-Chat 0.1.
+        target: adaptive only — the per-response KL to track. Source: Ziegler et al., TRL legacy (6).
+        horizon: adaptive only — in samples. Source: Ziegler et al., TRL legacy (10000).
+        estimator: per-token KL estimator k1 | k2 | k3. Source: InstructGPT, TRL (k1).
+    """
+
+    control: KLControl = KLControl.FIXED
+    coef: float = 0.05
+    target: float = 6.0
+    horizon: float = 10000.0
+    estimator: KLEstimator = KLEstimator.K1
+
+
+@dataclass
+class PTXSettings:
+    """The PPO-ptx term (InstructGPT): a pretraining LM loss mixed into the policy loss.
+
+    Attributes:
+        source: text data (``testbed:pretrain``, a file with a ``text`` column, ...); None = off.
+        coef: weight of the per-token LM loss. InstructGPT's γ and DeepSpeed-Chat's ``unsup_coef``
+            are 27.8, but DeepSpeed-Chat takes a separate optimiser step for it; here it is added
+            to the PPO loss, where 1.0 weighs a token of pretraining like a token of PPO.
+        batch_size: texts per minibatch. max_length: tokens per text. limit: texts to load.
+    """
+
+    source: str | None = None
+    coef: float = 1.0
+    batch_size: int = 8
+    max_length: int = 128
+    limit: int | None = 5000
+
+
+class CriticInit(StrEnum):
+    """Where the critic starts from when no ``critic`` input is given."""
+
+    REWARD = "reward"  # the reward model's weights (InstructGPT, DeepSpeed-Chat)
+    POLICY = "policy"  # the policy's transformer with a new scalar head
+
+
+@dataclass
+class PPOEvalGroup(EvalGroup):
+    """End-of-stage evaluation, plus a gold score during training (testbed only).
+
+    Attributes:
+        gold_every: score ``gold_every_n`` held-out prompts every N steps and at the last (0 = off).
+        gold_every_n: prompts per in-training gold evaluation.
+    """
+
+    gold_every: int = 10
+    gold_every_n: int = 32
+
+
+@dataclass
+class PPOTrainGroup(TrainGroup):
+    """``TrainGroup`` (fields documented there) with PPO's defaults.
+
+    ``batch_size`` = prompts per rollout; ``epochs`` = passes over the prompts (``max_steps`` > 0
+    overrides, counting PPO steps); ``lr`` = the policy's learning rate (InstructGPT and
+    DeepSpeed-Chat 9.65e-6, TRL legacy 1.41e-5); the schedule decays linearly without warmup
+    (TRL); ``logging_steps`` = 1 (every step goes to the trackers; the history has them all).
+    """
+
+    lr: float = 1e-5
+    warmup_ratio: float = 0.0
+    lr_scheduler: str = "linear"
+    logging_steps: int = 1
+
+
+@dataclass
+class PPOConfig:
+    """Settings of a PPO run.
+
+    Attributes:
+        output: artifact name to publish.
+        data: prompts.
+        train: optimisation (see :class:`PPOTrainGroup`).
+        ppo: the PPO update (clip, value clip, γ, λ, epochs, minibatches, ...).
+        generation: sampling of responses.
+        kl: the KL penalty and its control.
+        reward_normalization: none | running | reward_model (the reward model's stored
+            ``score_mean``/``score_std``). Source: none in InstructGPT/DeepSpeed-Chat; TRL legacy
+            offered running scaling.
+        reward_clip: clip the (normalised) score to ±this; None = off. Source: DeepSpeed-Chat (5).
+        missing_eos_penalty: subtracted from the score of responses without EOS; None = off.
+            Source: TRL (off by default).
+        critic_init: reward | policy; None = reward with a reward model, policy with a function.
+        adapter: full | lora (the reference is then the base with the adapter off) | qlora.
+        ptx: the PPO-ptx pretraining term.
+        max_kl: stop with TrainingError when the mean per-response KL to the reference exceeds
+            this; None = no bound.
+        checkpoint_every: save a resumable checkpoint every N steps (0 = never).
+        checkpoint_dir: where; None = ``<registry root>/.checkpoints/<run key>``.
+        resume: continue from the latest checkpoint of the same run when there is one; false
+            starts over and deletes it.
+        eval: gold evaluation during and after training (testbed only).
+        tracking: wandb / tensorboard.
+    """
+
+    output: str = "ppo"
+    data: PPOData = field(default_factory=PPOData)
+    train: PPOTrainGroup = field(default_factory=PPOTrainGroup)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    kl: KLSettings = field(default_factory=KLSettings)
+    reward_normalization: RewardNormalization = RewardNormalization.NONE
+    reward_clip: float | None = 5.0
+    missing_eos_penalty: float | None = None
+    critic_init: CriticInit | None = None
+    adapter: AdapterGroup = field(default_factory=AdapterGroup)
+    ptx: PTXSettings = field(default_factory=PTXSettings)
+    max_kl: float | None = None
+    checkpoint_every: int = 50
+    checkpoint_dir: str | None = None
+    resume: bool = True
+    eval: PPOEvalGroup = field(default_factory=PPOEvalGroup)
+    tracking: TrackingGroup = field(default_factory=TrackingGroup)
+
+
+@dataclass
+class RewardFunctionSource:
+    """A reward function recorded like a data source: its name and a hash of its code."""
+
+    source: str
+    fingerprint: str
+    records: list = field(default_factory=list)
+    artifact: None = None
+
+    @classmethod
+    def of(cls, reward: Any) -> RewardFunctionSource:
+        if isinstance(reward, str):
+            return cls(source=reward, fingerprint=hashlib.sha256(reward.encode()).hexdigest()[:16])
+        name = f"{getattr(reward, '__module__', '?')}:{getattr(reward, '__qualname__', type(reward).__name__)}"
+        try:
+            code = inspect.getsource(reward)
+        except (OSError, TypeError):
+            code = ""
+        return cls(source=f"py:{name}", fingerprint=hashlib.sha256(f"{name}\n{code}".encode()).hexdigest()[:16])
+
+
+def is_reward_function(reward: Any) -> bool:
+    """A callable or a ``"pkg.module:function"`` path, as opposed to a reward-model reference."""
+    from alignlab.rewards import _looks_like_import_path
+
+    return not isinstance(reward, (str, Artifact)) or reward.startswith("py:") or _looks_like_import_path(reward)
+
+
+class PPO:
+    """Proximal policy optimisation of a policy against a reward model or a reward function.
+
+    Args:
+        config: a PPOConfig or a mapping.
+        callbacks: called as ``fn(step, entry)`` after each step (its checkpoint written); raise to stop.
+
+    Example:
+        >>> from alignlab import PPO, Registry
+        >>> ppo = PPO({"train": {"max_steps": 200, "lr": 1e-5}, "kl": {"coef": 0.05}})
+        >>> art = ppo.run(Registry(), model="sft", reward="reward_model")  # doctest: +SKIP
+        >>> art.metrics["kl_to_reference"], art.metrics["gold_score"]  # doctest: +SKIP
+    """
+
+    name = "ppo"
+    config_cls = PPOConfig
+
+    def __init__(self, config: PPOConfig | dict | None = None, *, callbacks: Sequence[StepCallback] = ()) -> None:
+        self.config = load_config(PPOConfig, config)
+        self.callbacks = list(callbacks)
+
+    def run(self, registry: Registry | None = None, *, model: str | None = None, reward: Any = None,
+            critic: str | None = None, reference: str | None = None, force: bool = False) -> Artifact:
+        """Train and publish the policy.
+
+        Args:
+            registry: where inputs resolve and the output is published.
+            model: the policy to start from (an SFT artifact).
+            reward: a reward-model reference, ``"pkg.module:function"`` or a callable
+                ``(prompts, responses) -> scores``.
+            critic: a checkpoint to start the critic from (else ``critic_init``).
+            reference: the frozen reference policy (default: ``model``).
+            force: train even when an artifact with the same fingerprint exists.
+        """
+        from alignlab.data import load_records
+        from alignlab.models.adapters import publishes_adapter, quantization_kwargs
+
+        cfg = self.config
+        registry = registry or Registry()
+        if cfg.adapter.method == AdapterMethod.PROMPT_TUNING:
+            raise ConfigError("adapter.method=prompt_tuning is not supported by PPO; use lora or full")
+        quantization_kwargs(cfg.adapter)
+        if reward is None or reward == "":
+            raise ConfigError("input 'reward' is required: reward=<reward model reference>, "
+                              "'package.module:function' or a Python callable")
+        function = is_reward_function(reward)
+        refs = {"model": model, "critic": critic, "reference": reference, "reward": None if function else reward}
+        inputs = resolve_inputs(registry, refs, required=("model",))
+        data: dict[str, Any] = {"prompts": load_records(cfg.data.source, kind="prompt", registry=registry,
+                                                        format=cfg.data.format, strict=cfg.data.strict,
+                                                        limit=cfg.data.limit)}
+        if cfg.ptx.source:
+            data["ptx"] = load_records(cfg.ptx.source, kind="text", registry=registry, limit=cfg.ptx.limit)
+        if function:
+            data["reward_fn"] = RewardFunctionSource.of(reward)
+        key = run_key(cfg, inputs, data)
+        ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
+        kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
+        artifact = run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
+                             inputs=inputs, data=data, force=force,
+                             body=lambda run: self._train(run, cfg, reward, key, ckpt_root))
+        from alignlab.rl.checkpoint import remove_checkpoints
+
+        remove_checkpoints(ckpt_root)  # published: nothing left to resume
+        return artifact
+
+    def _train(self, run: StageRun, cfg: PPOConfig, reward: Any, key: str, ckpt_root: Path) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from alignlab.eval.ppo_report import Tracker, plot_ppo_report, progress_bar, step_entry
+        from alignlab.models import save_model
+        from alignlab.models.adapters import finalize
+        from alignlab.rl.checkpoint import (
+            latest_checkpoint,
+            load_checkpoint,
+            remove_checkpoints,
+            restore_rng,
+            save_checkpoint,
+        )
+        from alignlab.rl.rollout import collect_rollout, encode_prompts, step_rows
+        from alignlab.rl.trainer import PPOTrainer, PTXBatches
+
+        set_seed(cfg.train.seed)
+        accelerator = Accelerator()
+        models = build_models(run, cfg, reward, accelerator.device)
+        tok = models.tokenizer
+        queries, prompts, dropped = encode_prompts(tok, run.data["prompts"].records, cfg.data.max_prompt_length)
+        if not queries:
+            raise ConfigError(f"every prompt of {cfg.data.source} is longer than data.max_prompt_length="
+                              f"{cfg.data.max_prompt_length} tokens")
+        ptx = None
+        if "ptx" in run.data:
+            ptx = PTXBatches.from_texts([r["text"] for r in run.data["ptx"].records], tok,
+                                        batch_size=cfg.ptx.batch_size, max_length=cfg.ptx.max_length,
+                                        seed=cfg.train.seed)
+        n, batch = len(queries), cfg.train.batch_size
+        total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * n / batch)
+        trainer = PPOTrainer(
+            models.policy, models.critic, cfg.ppo, lr=cfg.train.lr,
+            total_updates=total * PPOTrainer.updates_per_step(batch, cfg.ppo), weight_decay=cfg.train.weight_decay,
+            max_grad_norm=cfg.train.max_grad_norm, scheduler=cfg.train.lr_scheduler,
+            warmup_ratio=cfg.train.warmup_ratio, grad_accum=cfg.train.grad_accum,
+            temperature=cfg.generation.temperature, seed=cfg.train.seed, accelerator=accelerator,
+            ptx=ptx, ptx_coef=cfg.ptx.coef,
+        )
+        policy = accelerator.unwrap_model(trainer.policy)
+        critic = accelerator.unwrap_model(trainer.critic)
+        kl_ctl = make_kl_controller(cfg.kl.control, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+        history: list[dict[str, Any]] = []
+        start, saved, resumed_from = 0, None, None
+        if not cfg.resume:
+            remove_checkpoints(ckpt_root)
+        elif (latest := latest_checkpoint(ckpt_root)) is not None:
+            ckpt = load_checkpoint(latest, modules={"policy": policy, "critic": critic})
+            if ckpt.state.get("run_key") != key:
+                raise ConfigError(f"the checkpoint {latest} belongs to another run (key {ckpt.state.get('run_key')}, "
+                                  f"this run is {key}); set resume: false to start over or change checkpoint_dir")
+            trainer.load_state_dict(ckpt.torch_states["trainer"])
+            kl_ctl.load_state_dict(ckpt.state["kl"])
+            models.shaper.load_state_dict(ckpt.state["scores"])
+            history, start, saved, resumed_from = ckpt.state["history"], ckpt.step, latest, ckpt.step
+            restore_rng(ckpt)  # last: building the models above drew random numbers
+            log.info("ppo: resuming from %s (step %d of %d)", latest, start, total)
+
+        on_testbed = uses_testbed(cfg.data.source)
+        tracker = Tracker(cfg.tracking, cfg.output, to_dict(cfg))
+        progress = progress_bar(start, total)
+        try:
+            for step in range(start + 1, total + 1):
+                started = time.perf_counter()
+                rows = step_rows(step, batch, n, cfg.train.seed)
+                rollout, seconds = collect_rollout(
+                    policy, tok, [queries[i] for i in rows], [prompts[i] for i in rows], critic=critic,
+                    scorer=models.scorer, shaper=models.shaper, settings=cfg.generation, reference=models.reference)
+                beta = kl_ctl.value
+                experience = trainer.experience(rollout, beta, cfg.kl.estimator)
+                kl = float(experience.kl.sum(dim=1).mean())
+                note = f"the last good checkpoint is {saved}" if saved else "no checkpoint was written yet"
+                if not math.isfinite(kl) or (cfg.max_kl is not None and kl > cfg.max_kl):
+                    raise TrainingError(
+                        f"KL to the reference is {kl:.4g} nats per response at step {step}, beyond max_kl="
+                        f"{cfg.max_kl}: the policy drifted too far. Lower train.lr or raise kl.coef; {note}")
+                training = time.perf_counter()
+                try:
+                    stats = trainer.update(rollout, experience, step)
+                except TrainingError as err:
+                    raise TrainingError(f"{err}; {note}") from err
+                seconds["training"] = time.perf_counter() - training
+                kl_ctl.update(kl, n_steps=len(rollout))
+                entry = step_entry(step, rollout, kl, beta, stats, seconds, time.perf_counter() - started)
+                if on_testbed and cfg.eval.gold and cfg.eval.gold_every > 0 and (
+                        step % cfg.eval.gold_every == 0 or step == total):
+                    entry.update(_gold(policy, tok, cfg.eval))
+                history.append(entry)
+                if step % max(1, cfg.train.logging_steps) == 0 or step == total:
+                    tracker.log(entry, step)
+                progress.update(1)
+                progress.set_postfix(score=f"{entry['reward_score']:.3f}", kl=f"{kl:.3f}",
+                                     **({"gold": f"{entry['gold_score']:.3f}"} if "gold_score" in entry else {}))
+                if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 or step == total):
+                    saved = save_checkpoint(
+                        ckpt_root, step, modules={"policy": policy, "critic": critic},
+                        torch_states={"trainer": trainer.state_dict()},
+                        state={"run_key": key, "history": history, "kl": kl_ctl.state_dict(),
+                               "scores": models.shaper.state_dict()})
+                for callback in self.callbacks:
+                    callback(step, entry)
+        finally:
+            progress.close()
+            tracker.close()
+
+        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+        trained = finalize(policy, cfg.adapter)
+        metrics: dict[str, Any] = {
+            "steps": total, "episodes": total * batch, "prompts_dropped": dropped, "history": history,
+            "trainable_parameters": trainable,
+            "critic_from": models.critic_from,
+        }
+        if history:
+            metrics.update(reward_score=history[-1]["reward_score"], reward_score_first=history[0]["reward_score"],
+                           kl_to_reference=history[-1]["kl"], kl_coef=kl_ctl.value)
+        if resumed_from is not None:
+            metrics["resumed_from_step"] = resumed_from
+        metrics.update(gold_metrics(trained, tok, cfg.eval, on_testbed))
+        save_model(trained, tok, run.dir)
+        plot_ppo_report(history, run.dir / "report.png", 
+                        title=f"{cfg.output}: PPO from {run.inputs['model'].ref}")
+        run.metrics.update(metrics)
+
+
+@dataclass
+class PPOModels:
+    """What a PPO run trains and scores with."""
+
+    policy: Any
+    tokenizer: Any
+    reference: Any | None  # None: the policy with its adapter disabled
+    critic: Any
+    scorer: Any
+    shaper: ScoreShaper
+    critic_from: str  # the reference the critic was initialised from
+
+
+def build_models(run: StageRun, cfg: PPOConfig, reward: Any, device: Any) -> PPOModels:
+    """Load the policy, its reference, the critic and the scorer from the run's inputs."""
+    from peft import get_peft_model
+
+    from alignlab.models import load_causal_lm
+    from alignlab.models.adapters import peft_config, quantization_kwargs
+    from alignlab.rewards import RewardModelScorer, load_reward_model, load_scorer
+
+    lora = cfg.adapter.method != AdapterMethod.FULL
+    policy, tok = load_causal_lm(run.inputs["model"], run.registry, merge_adapter=True,
+                                 **quantization_kwargs(cfg.adapter))
+    reference = None
+    if "reference" in run.inputs or not lora:  # LoRA: the base with the adapter off, no second copy
+        reference, _ = load_causal_lm(run.inputs.get("reference", run.inputs["model"]), run.registry,
+                                      merge_adapter=True)
+        reference.requires_grad_(False).eval().to(device)
+    if lora:
+        policy = get_peft_model(policy, peft_config(cfg.adapter))
+
+    reward_model = run.inputs.get("reward")
+    if reward_model is not None:
+        rm, rm_tok = load_reward_model(reward_model, run.registry)
+        scorer: Any = RewardModelScorer(rm.requires_grad_(False).to(device), rm_tok,
+                                        batch_size=cfg.generation.batch_size)
+    else:
+        scorer = load_scorer(reward, run.registry)
+
+    init = cfg.critic_init or (CriticInit.REWARD if reward_model is not None else CriticInit.POLICY)
+    if "critic" in run.inputs:
+        critic_source = run.inputs["critic"]
+    elif init is CriticInit.REWARD:
+        if reward_model is None:
+            raise ConfigError("critic_init=reward needs a reward model; with a reward function use critic_init: policy "
+                              "or pass critic=<checkpoint>")
+        critic_source = reward_model
+    else:
+        critic_source = run.inputs["model"]
+        if getattr(critic_source, "kind", None) == "adapter":
+            raise ConfigError("critic_init=policy needs a full model, but the policy is an adapter artifact; "
+                              "pass critic=<checkpoint> or publish the SFT model merged (adapter.merge: true)")
+    critic, critic_tok = load_reward_model(critic_source, run.registry)
+    if critic_tok.get_vocab() != tok.get_vocab():
+        raise ConfigError(f"the critic ({getattr(critic_source, 'ref', critic_source)}) uses another tokenizer than "
+                          "the policy; the critic reads the policy's tokens: set critic_init: policy or pass critic=")
+    if lora:
+        critic = get_peft_model(critic, peft_config(cfg.adapter, task_type="SEQ_CLS"))
+    critic.to(device)
+
+    moments = None
+    if cfg.reward_normalization == RewardNormalization.REWARD_MODEL:
+        if not isinstance(reward_model, Artifact):
+            raise ConfigError("reward_normalization=reward_model needs a reward-model artifact (its metrics hold "
+                              "score_mean/score_std); use 'running' with a reward function or an external model")
+        moments = score_moments_from_metrics(reward_model.metrics)
+    shaper = ScoreShaper(cfg.reward_normalization, cfg.reward_clip, cfg.missing_eos_penalty, moments)
+    return PPOModels(policy=policy, tokenizer=tok, reference=reference, critic=critic, scorer=scorer, shaper=shaper,
+                     critic_from=getattr(critic_source, "ref", None) or critic_source.id)
+
+
+def run_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -> str:
+    """The fingerprint of the training run itself: the stage fingerprint without run-control keys.
+
+    Resuming with ``resume`` or ``checkpoint_every`` changed still finds the checkpoint.
+    """
+    config = {k: v for k, v in to_dict(cfg).items() if k not in RUN_CONTROL_KEYS}
+    return fingerprint("ppo", config, {role: t.id for role, t in inputs.items()},
+                       sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items()))
+
+
+def _gold(policy: Any, tokenizer: Any, cfg: PPOEvalGroup) -> dict[str, float]:
+    from alignlab.testbed import gold_score
+
+    result = gold_score(policy, n=cfg.gold_every_n, tokenizer=tokenizer, max_new_tokens=cfg.max_new_tokens)
+    return {"gold_score": float(result["gold_score"]), "gold_accuracy": float(result["gold_accuracy"])}

@@ -1,0 +1,179 @@
+"""PPO end to end on the tiny SFT model: it learns, resumes exactly, stops on its guards, uses a reward model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alignlab.errors import TrainingError
+from alignlab.stages.ppo import PPO
+
+pytestmark = pytest.mark.integration
+
+STEP_KEYS = {
+    "step", "reward_score", "reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clip_fraction",
+    "approx_kl", "explained_variance", "response_length", "eos_fraction", "lr", "time_generation",
+    "time_forward", "time_scoring", "time_training", "samples_per_s",
+}
+# a small, fast run: 8 prompts per step, short answers, no end-of-stage gold evaluation
+SMALL = {
+    "train": {"max_steps": 2, "lr": 1e-3, "batch_size": 8},
+    "ppo": {"mini_batch_size": 4, "critic_lr": 1e-3},
+    "generation": {"max_new_tokens": 12},
+    "eval": {"gold": False},
+    "checkpoint_every": 0,
+}
+
+
+def brevity_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """Higher for fewer words: a reward PPO can move within a few steps."""
+    return [3.0 / (1.0 + len(r.split())) for r in responses]
+
+
+def _config(**changes) -> dict:
+    cfg = json.loads(json.dumps(SMALL))
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_ppo_raises_the_reward_and_publishes_a_plain_transformers_model(tiny_pipeline) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    registry, arts = tiny_pipeline
+    cfg = _config(output="ppo_learn", train={"max_steps": 6, "lr": 3e-4, "batch_size": 16},
+                  ppo={"mini_batch_size": 8}, generation={"max_new_tokens": 24}, kl={"coef": 0.02},
+                  eval={"gold": True, "gold_n": 16, "gold_every": 3, "gold_every_n": 8})
+    art = PPO(cfg).run(registry, model=arts["sft"].ref, reward=brevity_reward)
+
+    history = art.metrics["history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert STEP_KEYS <= set(history[0])
+    first = sum(h["reward_score"] for h in history[:2]) / 2
+    last = sum(h["reward_score"] for h in history[-2:]) / 2
+    print(f"\nPPO brevity reward: first two steps {first:.3f}, last two {last:.3f}; "
+          f"response length {history[0]['response_length']:.1f} -> {history[-1]['response_length']:.1f} tokens; "
+          f"KL {history[-1]['kl']:.3f}; gold {[h.get('gold_score') for h in history]}")
+    assert last > first + 0.2, f"PPO did not raise the reward: {first:.3f} -> {last:.3f}"
+    assert history[0]["kl"] == 0.0 and history[-1]["kl"] > 0  # the policy starts as its reference
+    assert all(torch.isfinite(torch.tensor([h["policy_loss"], h["value_loss"]])).all() for h in history)
+    assert "gold_score" in history[2] and "gold_score" in history[5] and "gold_score" not in history[0]
+
+    assert art.kind == "model" and art.stage == "ppo" and arts["sft"].id in art.parents
+    assert art.metrics["reward_score"] == history[-1]["reward_score"]
+    assert art.metrics["kl_to_reference"] == history[-1]["kl"]
+    assert 0.0 <= art.metrics["gold_score"] <= 1.0 and "gold_accuracy" in art.metrics
+    assert art.metrics["critic_from"] == arts["sft"].ref  # a reward function: the critic starts from the policy
+    assert any(d["role"] == "reward_fn" and "brevity_reward" in d["source"] for d in art.data)
+    assert (art.path / "report.png").stat().st_size > 1000
+
+    before, after = _weights(arts["sft"].path), _weights(art.path)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "PPO did not change the parameters"
+    model = AutoModelForCausalLM.from_pretrained(art.path)
+    tok = AutoTokenizer.from_pretrained(art.path)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+    again = PPO(cfg).run(registry, model=arts["sft"].ref, reward=brevity_reward)
+    assert again.id == art.id  # same fingerprint: reused, not retrained
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_resumed_run_matches_an_uninterrupted_one(tiny_pipeline) -> None:
+    registry, arts = tiny_pipeline
+    # two PPO epochs, adaptive β and running score moments: every piece of state must come back
+    changes = dict(train={"max_steps": 4}, ppo={"epochs": 2}, checkpoint_every=2,
+                   kl={"control": "adaptive", "coef": 0.05, "target": 1.0, "horizon": 100},
+                   reward_normalization="running", eval={"gold": True, "gold_n": 4, "gold_every": 2, "gold_every_n": 4})
+    whole = PPO(_config(output="ppo_whole", **changes)).run(registry, model=arts["sft"].ref, reward=brevity_reward)
+
+    def stop_after_two(step: int, entry: dict) -> None:
+        if step == 2:
+            raise Interrupted
+
+    cfg = _config(output="ppo_resumed", **changes)
+    with pytest.raises(Interrupted):
+        PPO(cfg, callbacks=[stop_after_two]).run(registry, model=arts["sft"].ref, reward=brevity_reward)
+    assert registry.list("ppo_resumed") == []
+    assert [p.name for p in (registry.root / ".checkpoints").glob("*/step-*")] == ["step-000002"]
+
+    resumed = PPO(cfg).run(registry, model=arts["sft"].ref, reward=brevity_reward)
+    assert resumed.metrics["resumed_from_step"] == 2
+    assert not list((registry.root / ".checkpoints").glob("*/step-*"))  # removed once published
+
+    def comparable(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in h.items() if not k.startswith("time_") and k != "samples_per_s"} for h in history]
+
+    expected, got = comparable(whole.metrics["history"]), comparable(resumed.metrics["history"])
+    assert [h["step"] for h in got] == [1, 2, 3, 4]
+    for g, e in zip(got, expected):
+        assert g.keys() == e.keys()
+        for key, value in e.items():
+            assert g[key] == (value if value is None else pytest.approx(value, rel=1e-6, abs=1e-7)), (g["step"], key)
+    assert expected[-1]["kl_coef"] != expected[0]["kl_coef"]  # β did move, and moved the same way
+    a, b = _weights(whole.path), _weights(resumed.path)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_kl_beyond_max_kl_stops_the_run_and_keeps_the_last_checkpoint(tiny_pipeline, tmp_path, monkeypatch) -> None:
+    registry, arts = tiny_pipeline
+    monkeypatch.chdir(tmp_path)  # tensorboard writes runs/<name> here
+    cfg = _config(output="ppo_guard", train={"max_steps": 3}, kl={"estimator": "k3"}, max_kl=0.0,
+                  checkpoint_every=1, checkpoint_dir=str(tmp_path / "ckpt"), tracking={"report_to": "tensorboard"})
+    # step 1 samples from the reference itself (KL exactly 0); step 2 follows an update
+    with pytest.raises(TrainingError, match=r"beyond max_kl=0.0.*step-000001"):
+        PPO(cfg).run(registry, model=arts["sft"].ref, reward="alignlab.testbed:gold_reward_fn")
+    assert registry.list("ppo_guard") == []
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000001"]
+    state = json.loads((tmp_path / "ckpt" / "step-000001" / "state.json").read_text())
+    assert [h["step"] for h in state["history"]] == [1]
+    assert list((tmp_path / "runs" / "ppo_guard").glob("events.out.tfevents.*"))
+
+
+def test_ppo_with_a_reward_model_starts_the_critic_from_it(tiny_pipeline) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    registry, arts = tiny_pipeline
+    sft = arts["sft"]
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(sft.path, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(sft.path)
+    rm.config.pad_token_id = tok.pad_token_id
+    with registry.publishing("ppo_test_rm", kind="reward_model", stage="test", parents=[sft.id]) as pub:
+        rm.save_pretrained(pub.dir)
+        tok.save_pretrained(pub.dir)
+        pub.metrics.update(score_mean=0.0, score_std=0.5)
+    reward_model = pub.artifact
+
+    cfg = _config(output="ppo_rm", reward_normalization="reward_model", missing_eos_penalty=1.0)
+    art = PPO(cfg).run(registry, model=sft.ref, reward=reward_model.ref)
+    assert art.metrics["critic_from"] == reward_model.ref
+    assert reward_model.id in art.parents and sft.id in art.parents
+    assert len(art.metrics["history"]) == 2
+    assert all(torch.isfinite(torch.tensor(h["value_loss"])) for h in art.metrics["history"])
+
+
+def test_lora_ppo_uses_the_base_as_reference_and_publishes_a_merged_model(tiny_pipeline) -> None:
+    registry, arts = tiny_pipeline
+    cfg = _config(output="ppo_lora", train={"max_steps": 2, "batch_size": 4}, adapter={"method": "lora", "r": 4})
+    art = PPO(cfg).run(registry, model=arts["sft"].ref, reward=brevity_reward)
+    history = art.metrics["history"]
+    assert history[0]["kl"] == 0.0 and history[1]["kl"] != 0.0  # adapter off = the reference, exactly
+    assert 0 < art.metrics["trainable_parameters"] < 100_000
+    assert art.kind == "model" and set(_weights(art.path)) == set(_weights(arts["sft"].path))

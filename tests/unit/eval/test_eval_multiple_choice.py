@@ -1,0 +1,148 @@
+"""Few-shot multiple choice: rigged option logits, contextual calibration, scoring by hand."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alignlab.errors import DataError
+from alignlab.eval.multiple_choice import (
+    LETTERS,
+    Question,
+    evaluate_multiple_choice,
+    few_shot_prompt,
+    load_questions,
+    option_logprobs,
+)
+from alignlab.models import train_bpe_tokenizer
+from alignlab.models.builders import TinySize, build_llama
+
+CORPUS = ["Question: which one? Answer: A", "Answer: B", "Answer: C", "Answer: D", "A. B. C. D. N/A"] * 4
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tok = train_bpe_tokenizer(CORPUS, vocab_size=300)
+    for letter in "ABCD":  # the rigged model sets the logits of these single tokens
+        assert len(tok(f" {letter}", add_special_tokens=False).input_ids) == 1
+    return tok
+
+
+class RiggedLM:
+    """Returns chosen logits for the option-letter tokens at the last real position of each row.
+
+    ``logits_for(question_text)`` gives the four letter logits for the question being asked (the
+    last question block of the prompt); every other logit is 0.
+    """
+
+    training = False
+
+    def __init__(self, tok, logits_for):
+        self.tok, self.logits_for = tok, logits_for
+        self.letter_ids = [tok(f" {c}", add_special_tokens=False).input_ids[0] for c in "ABCD"]
+        self.calls = 0
+
+    def __call__(self, input_ids, attention_mask, **_):
+        self.calls += 1
+        logits = torch.zeros(*input_ids.shape, len(self.tok))  # (B, T, V)
+        for i in range(input_ids.shape[0]):
+            end = int(attention_mask[i].sum())
+            text = self.tok.decode(input_ids[i, :end])
+            asked = text.rsplit("\n\n", 1)[-1].split("\n", 1)[0]
+            for letter_id, value in zip(self.letter_ids, self.logits_for(asked)):
+                logits[i, end - 1, letter_id] = value
+        return SimpleNamespace(logits=logits)
+
+
+QUESTIONS = [
+    Question(f"q{i}", ("w", "x", "y", "z"), answer, "math") for i, answer in enumerate([0, 1, 2, 3, 1, 2])
+]
+
+
+def test_rigged_logits_give_the_expected_accuracy_and_random_baseline(tok):
+    picks = {"q0": 0, "q1": 1, "q2": 0, "q3": 3, "q4": 1, "q5": 0}  # q2 and q5 wrong
+
+    def logits_for(q):
+        return [5.0 if i == picks[q] else 0.0 for i in range(4)]
+
+    two_way = Question("q6", ("yes", "no"), 1, "logic")
+    picks["q6"] = 1
+    result = evaluate_multiple_choice(RiggedLM(tok, logits_for), tok, [*QUESTIONS, two_way], shots=2)
+    assert result.predictions == [0, 1, 0, 3, 1, 0, 1]
+    assert result.accuracy == pytest.approx(5 / 7)
+    assert result.random_baseline == pytest.approx((6 * 0.25 + 0.5) / 7)
+    assert result.per_subject == {"logic": 1.0, "math": pytest.approx(4 / 6)}
+    assert math.isclose(sum(result.probabilities[0]), 1.0, rel_tol=1e-5)
+
+
+def test_contextual_calibration_removes_a_rigged_bias(tok):
+    bias = torch.log(torch.tensor([8.0, 1.0, 1.0, 1.0]))  # the prompt pushes every answer towards A
+
+    def logits_for(q):
+        if q == "N/A":
+            return bias.tolist()
+        truth = torch.full((4,), 0.4 / 3)
+        truth[QUESTIONS[int(q[1:])].answer] = 0.6
+        return (truth.log() + bias).tolist()
+
+    model = RiggedLM(tok, logits_for)
+    result = evaluate_multiple_choice(model, tok, QUESTIONS, shots=1, calibrate_bias=True)
+    assert result.accuracy_uncalibrated == pytest.approx(1 / 6)  # only the question whose answer is A
+    assert result.accuracy == 1.0 and result.calibrated
+    assert result.probabilities[1] == pytest.approx([0.4 / 3, 0.6, 0.4 / 3, 0.4 / 3], abs=1e-5)
+
+
+def test_prompt_holds_the_shots_with_answers_and_ends_at_the_answer_position():
+    q = Question("What is 2 plus 2?", ("3", "4"), 1, "basic_math")
+    shot = Question("What is 1 plus 1?", ("2", "5"), 0, "basic_math")
+    prompt = few_shot_prompt(q, [shot])
+    assert prompt.startswith(
+        "The following are multiple choice questions (with answers) about basic math.\n\n"
+    )
+    assert "What is 1 plus 1?\nA. 2\nB. 5\nAnswer: A\n\n" in prompt
+    assert prompt.endswith("What is 2 plus 2?\nA. 3\nB. 4\nAnswer:")
+
+
+def test_option_scores_match_the_model_by_hand_on_both_paths(tok):
+    model = build_llama(
+        TinySize(32, 64, 1, 2),
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    contexts = [tok("Question: which one? Answer:").input_ids, tok("Answer:").input_ids]
+    single = [[" A", " B"], [" C", " D"]]  # one token each: logits at the answer position
+    multi = [[" A", " N/A"], [" C", " which one"]]  # several tokens: whole continuations scored
+
+    def by_hand(ctx, options):
+        totals = []
+        for option in options:
+            ids = tok(option, add_special_tokens=False).input_ids
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ctx + ids])).logits[0], dim=-1)
+            totals.append(sum(lp[len(ctx) + j - 1, t].item() for j, t in enumerate(ids)))
+        return torch.log_softmax(torch.tensor(totals), dim=0).tolist()
+
+    with torch.no_grad():
+        for options, batch_size in ((single, 1), (single, 8), (multi, 1), (multi, 8)):  # 8: right padding
+            got = option_logprobs(model, tok, contexts, options, batch_size=batch_size)
+            for ctx, row, scores in zip(contexts, options, got):
+                assert scores.tolist() == pytest.approx(by_hand(ctx, row), abs=1e-4)
+
+
+def test_load_questions_accepts_letters_and_indices_and_names_bad_lines(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [
+        {"question": "a?", "choices": ["x", "y", "z"], "answer": "C", "subject": "s"},
+        {"question": "b?", "choices": ["x", "y"], "answer": 0},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [(q.answer, q.subject) for q in load_questions(path)] == [(2, "s"), (0, None)]
+    path.write_text(
+        json.dumps(rows[0]) + "\n" + json.dumps({"question": "c?", "choices": ["x", "y"], "answer": "D"})
+    )
+    with pytest.raises(DataError, match=r"q\.jsonl:2: answer 'D' is not one of the 2 choices"):
+        load_questions(path)
+    assert LETTERS[:4] == "ABCD"
