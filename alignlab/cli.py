@@ -1,4 +1,4 @@
-"""The `alignlab` command: run | stage | artifacts (and the commands later issues add).
+"""The `alignlab` command: run | stage | artifacts | data | eval | report.
 
 Errors that alignlab raises on purpose are printed as one message with exit code 2, never as a
 traceback; anything else is a bug and keeps its traceback.
@@ -130,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)")
     stage.set_defaults(func=cmd_stage)
 
-    from alignlab.commands import artifacts, report
+    from alignlab.commands import artifacts, data, report
     from alignlab.commands import eval as eval_command
 
     artifacts.register(sub)
+    data.register(sub)
     eval_command.register(sub)
     report.register(sub)
     return parser

@@ -66,24 +66,6 @@ class JudgeSettings:
     max_chars: int = 2000
 
 
-def digit_token_ids(tokenizer: Any) -> list[list[int]]:
-    """For each digit "1".."5", the ids of its single-token spellings ("1", and " 1" where that is one token)."""
-    ids = []
-    for digit in DIGITS:
-        found = set()
-        for spelling in (digit, " " + digit):
-            encoded = tokenizer.encode(spelling, add_special_tokens=False)
-            if len(encoded) == 1:
-                found.add(encoded[0])
-        if not found:
-            raise ConfigError(
-                f"judge: the tokenizer has no single token for the digit {digit!r}; the rubric score is read "
-                "from the next-token probabilities of '1'..'5', so pick a judge whose tokenizer has them"
-            )
-        ids.append(sorted(found))
-    return ids
-
-
 def _head(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n] + " […]"
 
@@ -124,8 +106,8 @@ class RubricJudge:
     """Score texts and pairs with a causal LM's next-token distribution over "1".."5".
 
     Args:
-        model: a causal LM (called as ``model(input_ids=, attention_mask=, position_ids=)``,
-            returning ``.logits`` of shape (B, T, V)).
+        model: a causal LM (anything returning ``.logits`` of shape (B, T, V)); read with
+            ``alignlab.eval.multiple_choice.option_logprobs``.
         tokenizer: its tokenizer; prompts go through its chat template when it has one.
         criteria: rubric criteria.
         batch_size: prompts per forward pass.
@@ -147,56 +129,32 @@ class RubricJudge:
         self.criteria = list(criteria)
         self.batch_size = max(1, batch_size)
         self.max_chars = max_chars
-        self.digit_ids = digit_token_ids(tokenizer)
-        limits = [
-            getattr(tokenizer, "model_max_length", None),
-            getattr(getattr(model, "config", None), "max_position_embeddings", None),
-        ]
-        self.max_tokens = min([n for n in limits if isinstance(n, int) and 0 < n < 10**7] or [10**6])
 
     def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
         if getattr(self.tokenizer, "chat_template", None):
             from alignlab.models.generation import encode_prompts
 
-            encoded = encode_prompts(self.tokenizer, list(prompts))
-        else:
-            encoded = [self.tokenizer.encode(p + "\nScore:") for p in prompts]
-        return [ids[-self.max_tokens :] for ids in encoded]  # the question is at the end: keep it
+            return encode_prompts(self.tokenizer, list(prompts))
+        return [self.tokenizer.encode(p + "\nScore:") for p in prompts]
 
     def expected_scores(self, prompts: Sequence[str]) -> list[float]:
         """The expected digit (1-5) under the judge's next-token distribution, one per prompt."""
         import torch
 
-        from alignlab.models.generation import left_pad
+        from alignlab.eval.multiple_choice import option_logprobs
 
         if not prompts:
             return []
-        try:
-            device = next(self.model.parameters()).device
-        except (AttributeError, StopIteration):
-            device = torch.device("cpu")
-        if hasattr(self.model, "eval"):
-            self.model.eval()
-        pad_id = getattr(self.tokenizer, "pad_token_id", None)
-        pad_id = 0 if pad_id is None else pad_id
+        # log-probabilities of "1".."5" at the answer position, renormalised over the five: (5,) each
+        logps = option_logprobs(
+            self.model,
+            self.tokenizer,
+            self._encode(prompts),
+            [DIGITS] * len(prompts),
+            batch_size=self.batch_size,
+        )
         values = torch.arange(1, 6, dtype=torch.float32)
-        encoded = self._encode(prompts)
-        scores: list[float] = []
-        with torch.inference_mode():
-            for start in range(0, len(encoded), self.batch_size):
-                ids, mask = left_pad(encoded[start : start + self.batch_size], pad_id)  # (B, T) each
-                position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-                out = self.model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=position_ids.to(device),
-                )
-                last = out.logits[:, -1, :].float().cpu()  # (B, V): left padding puts every prompt's end here
-                digit_logits = torch.stack(
-                    [torch.logsumexp(last[:, spellings], dim=-1) for spellings in self.digit_ids], dim=-1
-                )  # (B, 5)
-                scores.extend((digit_logits.softmax(-1) * values).sum(-1).tolist())
-        return scores
+        return [float((logp.exp() * values).sum()) for logp in logps]
 
     def _collect(self, flat: list[float], n_items: int) -> list[Scores]:
         per = len(self.criteria)

@@ -1,4 +1,4 @@
-"""Reporting a PPO run: per-step progress and tracking, and the report plot drawn at the end.
+"""Reporting a PPO run: the per-step history entry, the progress bar, and the report plot.
 
 The plot shows the reward-model score, the KL to the reference and the gold score over PPO steps.
 It reads the per-step ``history`` that the PPO stage stores in its artifact's metrics, so a
@@ -15,8 +15,6 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from alignlab.stages.groups import TrackingGroup
 
 PANELS: tuple[tuple[str, str], ...] = (
     ("reward_score", "reward-model score (raw mean)"),
@@ -96,32 +94,3 @@ def progress_bar(start: int, total: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="ppo", unit="step")
-
-
-class Tracker:
-    """Per-step metrics to wandb (offline unless configured) or tensorboard (``runs/<run name>``)."""
-
-    def __init__(self, cfg: TrackingGroup, output: str, config: dict[str, Any]) -> None:
-        self.kind = str(cfg.report_to)
-        name = cfg.run_name or output
-        self.writer: Any = None
-        if self.kind == "wandb":
-            import wandb
-
-            self.writer = wandb.init(project=cfg.project, name=name, config=config, reinit="finish_previous")
-        elif self.kind == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(Path("runs") / name))
-
-    def log(self, entry: dict[str, Any], step: int) -> None:
-        scalars = {f"ppo/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.kind == "wandb":
-            self.writer.log(scalars, step=step)
-        elif self.kind == "tensorboard":
-            for k, v in scalars.items():
-                self.writer.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.finish() if self.kind == "wandb" else self.writer.close()

@@ -41,10 +41,10 @@ class GenerationSettings:
 
     Attributes:
         max_new_tokens: response budget; a response that hits it without EOS "never ended"
-            (see ``missing_eos_penalty``). Source: alignlab (a clean testbed answer is ~10 tokens;
+            (see ``missing_eos_penalty``). Source — alignlab (a clean testbed answer is ~10 tokens;
             TRL's last PPO used 53).
         temperature: sampling temperature; log-probabilities are taken at the same temperature so
-            that the ratio is that of the sampling policy. Source: InstructGPT samples at 1.0
+            that the ratio is that of the sampling policy. Source — InstructGPT samples at 1.0
             (on-policy); TRL's last PPO used 0.7.
         top_p: nucleus sampling (1.0 = off). Truncation is not reflected in the log-probabilities,
             as in TRL; keep it at 1.0 for exact on-policy ratios.

@@ -39,19 +39,19 @@ class PPOSettings:
     """The PPO update.
 
     Attributes:
-        epochs: PPO epochs over each rollout batch. Source: InstructGPT and DeepSpeed-Chat
+        epochs: PPO epochs over each rollout batch. Source — InstructGPT and DeepSpeed-Chat
             (``ppo_epochs=1``); TRL's last PPO used 4.
         mini_batch_size: rollout rows per optimiser step (split further by ``train.grad_accum``).
-            Source: alignlab, sized for CPU runs; TRL's last PPO used 1 minibatch per batch.
-        clip: ε of the clipped surrogate. Source: PPO paper, InstructGPT, DeepSpeed-Chat, TRL (0.2).
-        value_clip: ε of the clipped value loss, in value units (None = unclipped). Source:
+            Source — alignlab, sized for CPU runs; TRL's last PPO used 1 minibatch per batch.
+        clip: ε of the clipped surrogate. Source — PPO paper, InstructGPT, DeepSpeed-Chat, TRL (0.2).
+        value_clip: ε of the clipped value loss, in value units (None = unclipped). Source —
             DeepSpeed-Chat and TRL (``cliprange_value=0.2``).
-        vf_coef: weight of the value loss in the total loss. Source: TRL (0.1).
-        entropy_coef: weight of an entropy bonus. Source: InstructGPT, DeepSpeed-Chat and TRL use
+        vf_coef: weight of the value loss in the total loss. Source — TRL (0.1).
+        entropy_coef: weight of an entropy bonus. Source — InstructGPT, DeepSpeed-Chat and TRL use
             none (0.0).
-        gamma: discount γ. Source: InstructGPT, DeepSpeed-Chat, TRL (1.0).
-        lam: GAE λ. Source: DeepSpeed-Chat and TRL (0.95).
-        whiten_advantages: standardise advantages over the rollout batch. Source: TRL (on).
+        gamma: discount γ. Source — InstructGPT, DeepSpeed-Chat, TRL (1.0).
+        lam: GAE λ. Source — DeepSpeed-Chat and TRL (0.95).
+        whiten_advantages: standardise advantages over the rollout batch. Source — TRL (on).
         advantage_estimator: a name in ``alignlab.rl.ADVANTAGE_ESTIMATORS`` (gae, reinforce, ...).
         critic_lr: the critic's learning rate (None = ``train.lr``). DeepSpeed-Chat used 5e-6 for
             the critic beside 9.65e-6 for the actor.

@@ -37,7 +37,7 @@ _CDPO_ROBUST_EPS = 0.25
 
 @dataclass(frozen=True)
 class _LossSpec:
-    trl: str  # TRL's loss_type name (DPOTrainer, or CPOTrainer when reference_free)
+    trl: str  # TRL's loss_type name (DPOTrainer), for the members DPOLossType.trl_args maps one to one
     paper: str
     reference_free: bool = False
     default_beta: float = 0.1
@@ -80,6 +80,10 @@ class DPOLossType(StrEnum):
     @property
     def default_beta(self) -> float:
         return self.spec.default_beta
+
+    @property
+    def paper(self) -> str:
+        return self.spec.paper
 
     @property
     def uses_label_smoothing(self) -> bool:

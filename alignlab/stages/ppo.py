@@ -21,8 +21,6 @@ or a KL beyond ``max_kl`` stops the run with :class:`TrainingError`; checkpoints
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import math
 import time
@@ -41,6 +39,7 @@ from alignlab.rl.rollout import GenerationSettings, ScoreShaper
 from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.rejection import resolve_reward
 from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
@@ -73,13 +72,13 @@ class KLSettings:
     """The KL penalty toward the reference policy.
 
     Attributes:
-        control: fixed | adaptive. Source: InstructGPT and TRL's last PPO fixed; Ziegler et al.
+        control: fixed | adaptive. Source — InstructGPT and TRL's last PPO fixed; Ziegler et al.
             and TRL's legacy PPO adaptive.
-        coef: β (the initial β when adaptive). Source: TRL's last PPO 0.05; InstructGPT 0.02;
+        coef: β (the initial β when adaptive). Source — TRL's last PPO 0.05; InstructGPT 0.02;
             DeepSpeed-Chat 0.1.
-        target: adaptive only — the per-response KL to track. Source: Ziegler et al., TRL legacy (6).
-        horizon: adaptive only — in samples. Source: Ziegler et al., TRL legacy (10000).
-        estimator: per-token KL estimator k1 | k2 | k3. Source: InstructGPT, TRL (k1).
+        target: adaptive only — the per-response KL to track. Source — Ziegler et al., TRL legacy (6).
+        horizon: adaptive only — in samples. Source — Ziegler et al., TRL legacy (10000).
+        estimator: per-token KL estimator k1 | k2 | k3. Source — InstructGPT, TRL (k1).
     """
 
     control: KLControl = KLControl.FIXED
@@ -117,10 +116,14 @@ class CriticInit(StrEnum):
 
 @dataclass
 class PPOEvalGroup(EvalGroup):
-    """End-of-stage evaluation, plus a gold score during training (testbed only).
+    """Gold evaluation during and after PPO (testbed only).
 
     Attributes:
-        gold_every: score ``gold_every_n`` held-out prompts every N steps and at the last (0 = off).
+        gold: score the policy with the testbed's gold scorer (during training and at the end).
+        gold_n: held-out prompts scored at the end (``gold_score``, ``gold_accuracy``).
+        max_new_tokens: answer budget of every gold evaluation (greedy decoding).
+        gold_every: also score ``gold_every_n`` prompts every N steps and at the last one, into
+            the step's history entry (0 = only at the end).
         gold_every_n: prompts per in-training gold evaluation.
     """
 
@@ -130,12 +133,19 @@ class PPOEvalGroup(EvalGroup):
 
 @dataclass
 class PPOTrainGroup(TrainGroup):
-    """``TrainGroup`` (fields documented there) with PPO's defaults.
+    """Optimisation, as PPO reads it (``TrainGroup`` with PPO's meanings and defaults).
 
-    ``batch_size`` = prompts per rollout; ``epochs`` = passes over the prompts (``max_steps`` > 0
-    overrides, counting PPO steps); ``lr`` = the policy's learning rate (InstructGPT and
-    DeepSpeed-Chat 9.65e-6, TRL legacy 1.41e-5); the schedule decays linearly without warmup
-    (TRL); ``logging_steps`` = 1 (every step goes to the trackers; the history has them all).
+    Attributes:
+        batch_size: prompts per rollout (one PPO step). Source — alignlab, sized for CPU.
+        epochs: passes over the prompts. max_steps: PPO steps; overrides epochs when > 0.
+        lr: the policy's peak learning rate (AdamW). Source — InstructGPT and DeepSpeed-Chat
+            9.65e-6, TRL legacy 1.41e-5.
+        lr_scheduler: transformers scheduler name over all optimiser steps. Source — TRL (linear).
+        warmup_ratio: share of optimiser steps with linear warmup. Source — TRL (0).
+        grad_accum: micro-batches per PPO minibatch (``ppo.mini_batch_size`` rows in all).
+        weight_decay: AdamW weight decay. max_grad_norm: gradient clipping, policy and critic each.
+        seed: seed of initialisation, sampling and data order.
+        logging_steps: send every Nth step to wandb/tensorboard (the history keeps every step).
     """
 
     lr: float = 1e-5
@@ -156,11 +166,11 @@ class PPOConfig:
         generation: sampling of responses.
         kl: the KL penalty and its control.
         reward_normalization: none | running | reward_model (the reward model's stored
-            ``score_mean``/``score_std``). Source: none in InstructGPT/DeepSpeed-Chat; TRL legacy
+            ``score_mean``/``score_std``). Source — none in InstructGPT/DeepSpeed-Chat; TRL legacy
             offered running scaling.
-        reward_clip: clip the (normalised) score to ±this; None = off. Source: DeepSpeed-Chat (5).
+        reward_clip: clip the (normalised) score to ±this; None = off. Source — DeepSpeed-Chat (5).
         missing_eos_penalty: subtracted from the score of responses without EOS; None = off.
-            Source: TRL (off by default).
+            Source — TRL (off by default).
         critic_init: reward | policy; None = reward with a reward model, policy with a function.
         adapter: full | lora (the reference is then the base with the adapter off) | qlora.
         ptx: the PPO-ptx pretraining term.
@@ -192,34 +202,6 @@ class PPOConfig:
     resume: bool = True
     eval: PPOEvalGroup = field(default_factory=PPOEvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
-
-
-@dataclass
-class RewardFunctionSource:
-    """A reward function recorded like a data source: its name and a hash of its code."""
-
-    source: str
-    fingerprint: str
-    records: list = field(default_factory=list)
-    artifact: None = None
-
-    @classmethod
-    def of(cls, reward: Any) -> RewardFunctionSource:
-        if isinstance(reward, str):
-            return cls(source=reward, fingerprint=hashlib.sha256(reward.encode()).hexdigest()[:16])
-        name = f"{getattr(reward, '__module__', '?')}:{getattr(reward, '__qualname__', type(reward).__name__)}"
-        try:
-            code = inspect.getsource(reward)
-        except (OSError, TypeError):
-            code = ""
-        return cls(source=f"py:{name}", fingerprint=hashlib.sha256(f"{name}\n{code}".encode()).hexdigest()[:16])
-
-
-def is_reward_function(reward: Any) -> bool:
-    """A callable or a ``"pkg.module:function"`` path, as opposed to a reward-model reference."""
-    from alignlab.rewards import _looks_like_import_path
-
-    return not isinstance(reward, (str, Artifact)) or reward.startswith("py:") or _looks_like_import_path(reward)
 
 
 class PPO:
@@ -264,35 +246,34 @@ class PPO:
         if cfg.adapter.method == AdapterMethod.PROMPT_TUNING:
             raise ConfigError("adapter.method=prompt_tuning is not supported by PPO; use lora or full")
         quantization_kwargs(cfg.adapter)
-        if reward is None or reward == "":
-            raise ConfigError("input 'reward' is required: reward=<reward model reference>, "
-                              "'package.module:function' or a Python callable")
-        function = is_reward_function(reward)
-        refs = {"model": model, "critic": critic, "reference": reference, "reward": None if function else reward}
-        inputs = resolve_inputs(registry, refs, required=("model",))
+        scored_by = resolve_reward(registry, reward)  # a reward-model input, or a function recorded as a source
+        inputs = resolve_inputs(registry, {"model": model, "critic": critic, "reference": reference},
+                                required=("model",))
+        if scored_by.target is not None:
+            inputs["reward"] = scored_by.target
         data: dict[str, Any] = {"prompts": load_records(cfg.data.source, kind="prompt", registry=registry,
                                                         format=cfg.data.format, strict=cfg.data.strict,
                                                         limit=cfg.data.limit)}
         if cfg.ptx.source:
             data["ptx"] = load_records(cfg.ptx.source, kind="text", registry=registry, limit=cfg.ptx.limit)
-        if function:
-            data["reward_fn"] = RewardFunctionSource.of(reward)
+        if scored_by.source is not None:
+            data["reward_fn"] = scored_by.source
         key = run_key(cfg, inputs, data)
         ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
         kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
         artifact = run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
                              inputs=inputs, data=data, force=force,
-                             body=lambda run: self._train(run, cfg, reward, key, ckpt_root))
+                             body=lambda run: self._train(run, cfg, scored_by.fn, key, ckpt_root))
         from alignlab.rl.checkpoint import remove_checkpoints
 
         remove_checkpoints(ckpt_root)  # published: nothing left to resume
         return artifact
 
-    def _train(self, run: StageRun, cfg: PPOConfig, reward: Any, key: str, ckpt_root: Path) -> None:
+    def _train(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        from alignlab.eval.ppo_report import Tracker, plot_ppo_report, progress_bar, step_entry
+        from alignlab.eval.ppo_report import plot_ppo_report, progress_bar, step_entry
         from alignlab.models import save_model
         from alignlab.models.adapters import finalize
         from alignlab.rl.checkpoint import (
@@ -304,10 +285,11 @@ class PPO:
         )
         from alignlab.rl.rollout import collect_rollout, encode_prompts, step_rows
         from alignlab.rl.trainer import PPOTrainer, PTXBatches
+        from alignlab.tracking import Tracker
 
         set_seed(cfg.train.seed)
         accelerator = Accelerator()
-        models = build_models(run, cfg, reward, accelerator.device)
+        models = build_models(run, cfg, reward_fn, accelerator.device)
         tok = models.tokenizer
         queries, prompts, dropped = encode_prompts(tok, run.data["prompts"].records, cfg.data.max_prompt_length)
         if not queries:
@@ -348,7 +330,8 @@ class PPO:
             log.info("ppo: resuming from %s (step %d of %d)", latest, start, total)
 
         on_testbed = uses_testbed(cfg.data.source)
-        tracker = Tracker(cfg.tracking, cfg.output, to_dict(cfg))
+        tracker = Tracker.create(cfg.tracking, cfg.output, config=cfg,
+                                 inputs={role: getattr(t, "ref", t.id) for role, t in run.inputs.items()})
         progress = progress_bar(start, total)
         try:
             for step in range(start + 1, total + 1):
@@ -392,7 +375,7 @@ class PPO:
                     callback(step, entry)
         finally:
             progress.close()
-            tracker.close()
+            tracker.finish()
 
         trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
         trained = finalize(policy, cfg.adapter)
@@ -426,8 +409,8 @@ class PPOModels:
     critic_from: str  # the reference the critic was initialised from
 
 
-def build_models(run: StageRun, cfg: PPOConfig, reward: Any, device: Any) -> PPOModels:
-    """Load the policy, its reference, the critic and the scorer from the run's inputs."""
+def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, device: Any) -> PPOModels:
+    """Load the policy, its reference, the critic and the scorer (the ``reward`` input, else ``reward_fn``)."""
     from peft import get_peft_model
 
     from alignlab.models import load_causal_lm
@@ -451,7 +434,7 @@ def build_models(run: StageRun, cfg: PPOConfig, reward: Any, device: Any) -> PPO
         scorer: Any = RewardModelScorer(rm.requires_grad_(False).to(device), rm_tok,
                                         batch_size=cfg.generation.batch_size)
     else:
-        scorer = load_scorer(reward, run.registry)
+        scorer = load_scorer(reward_fn)
 
     init = cfg.critic_init or (CriticInit.REWARD if reward_model is not None else CriticInit.POLICY)
     if "critic" in run.inputs:

@@ -14,7 +14,6 @@ from alignlab.data.judge import (
     JudgeFilter,
     JudgeSettings,
     RubricJudge,
-    digit_token_ids,
     judge_item,
     pair_prompt,
     single_prompt,
@@ -30,7 +29,7 @@ def tok():
 
 
 class FakeJudge(torch.nn.Module):
-    """A judge model whose last-position logits put ``margin`` on the digit ``rate(prompt)`` returns."""
+    """A judge model whose logits put ``margin`` on the digit ``rate(prompt)`` returns, at every position."""
 
     def __init__(self, tok, rate, margin: float = 12.0) -> None:
         super().__init__()
@@ -42,7 +41,7 @@ class FakeJudge(torch.nn.Module):
         logits = torch.zeros(*input_ids.shape, len(self.tok))
         for row, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
             prompt = self.tok.decode(ids[mask.bool()], skip_special_tokens=True)
-            logits[row, -1, self.digit[str(self.rate(prompt))]] = self.margin
+            logits[row, :, self.digit[str(self.rate(prompt))]] = self.margin
         return SimpleNamespace(logits=logits)
 
 
@@ -72,7 +71,6 @@ def test_expected_value_of_the_digit_distribution(tok):
     assert judge.expected_scores(["x", "y"]) == pytest.approx([4.0, 4.0], abs=1e-4)
     judge = RubricJudge(FakeJudge(tok, lambda p: 4, margin=0.0), tok)  # flat: the mean of 1..5
     assert judge.expected_scores(["x"]) == pytest.approx([3.0], abs=1e-4)
-    assert len(digit_token_ids(tok)) == 5
 
 
 def test_rigged_judge_position_bias_cancels_when_both_orders_are_averaged(tok):
