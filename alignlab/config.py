@@ -49,13 +49,41 @@ def load_config(cls: type[T], data: Mapping[str, Any] | T | None = None, where: 
                 f"unknown config key '{path}'{did_you_mean(str(key), fields)}; "
                 f"valid keys here: {', '.join(sorted(fields))}"
             )
-        kwargs[key] = _convert(hints[key], value, path)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            # a partial group overlays this config's own default for it (e.g. SFT's train group
+            # with epochs=2), not the group class's bare defaults
+            default = _field_default(fields[key])
+            if isinstance(default, tp):
+                value = _overlay(default, value)
+        kwargs[key] = _convert(tp, value, path)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _overlay(instance: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a dataclass instance, with ``values`` laid over them (recursively for groups)."""
+    names = {f.name for f in dataclasses.fields(instance) if f.init}
+    merged: dict[str, Any] = {name: getattr(instance, name) for name in names}
+    for key, value in values.items():
+        current = merged.get(key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            merged[key] = _overlay(current, value)
+        else:
+            merged[key] = value  # unknown keys stay, so load_config reports them
+    return merged
 
 
 def _type_name(tp: Any) -> str:

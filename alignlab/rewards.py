@@ -62,6 +62,8 @@ class RewardModelScorer:
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, max_length: int = 512) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        # the score is read at the last token, so long transcripts lose their beginning, as in training
+        self.tokenizer.truncation_side = "left"
         self.batch_size = batch_size
         self.max_length = max_length
 
@@ -88,8 +90,11 @@ class RewardModelScorer:
 
 
 def load_reward_model(ref: str | Artifact | ExternalRef, registry: Registry | None = None, *,
-                      trust_remote_code: bool = False, dtype: Any = None):
-    """Load ``(model, tokenizer)`` of a reward model (AutoModelForSequenceClassification, 1 label)."""
+                      trust_remote_code: bool = False, dtype: Any = None, **model_kwargs: Any):
+    """Load ``(model, tokenizer)`` of a reward model (AutoModelForSequenceClassification, 1 label).
+
+    ``model_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config`` for QLoRA).
+    """
     from transformers import AutoModelForSequenceClassification
 
     from alignlab.models.loading import _from_pretrained, load_tokenizer, model_location, resolve
@@ -97,7 +102,7 @@ def load_reward_model(ref: str | Artifact | ExternalRef, registry: Registry | No
     target = resolve(ref, registry)
     tokenizer = load_tokenizer(target, registry, trust_remote_code=trust_remote_code)
     model = _from_pretrained(AutoModelForSequenceClassification, model_location(target),
-                             trust_remote_code=trust_remote_code, dtype=dtype, num_labels=1)
+                             trust_remote_code=trust_remote_code, dtype=dtype, num_labels=1, **model_kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

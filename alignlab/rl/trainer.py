@@ -227,12 +227,15 @@ class PPOTrainer:
         T = batch.response.shape[1]
         logits = policy_logits(self.policy, ids, attn, T, self.temperature)  # (b, T, V)
         logprobs = logprobs_from_logits(logits, batch.response)
-        entropy = masked_entropy(logits, mask)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and s.entropy_coef != 0):  # a metric unless a bonus
+            entropy = masked_entropy(logits, mask)
         del logits
         values = token_values(self.critic, ids, attn, T)
         pg_loss, pg_stats = policy_loss(logprobs, batch.logprobs, experience.advantages[index], mask, clip=s.clip)
         vf_loss, vf_stats = value_loss(values, batch.values, experience.returns[index], mask, clip=s.value_clip)
-        loss = pg_loss + s.vf_coef * vf_loss - s.entropy_coef * entropy
+        loss = pg_loss + s.vf_coef * vf_loss
+        if s.entropy_coef:
+            loss = loss - s.entropy_coef * entropy
         stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy.item(),
                  "value_mean": masked_mean(values.detach(), mask).item(), **pg_stats, **vf_stats}
         if self.ptx is not None and self.ptx_coef:

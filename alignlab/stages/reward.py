@@ -114,8 +114,7 @@ class RewardModel:
     """Train a reward model on preference pairs or K-way rankings.
 
     Example:
-        >>> from alignlab import Registry
-        >>> from alignlab.stages.reward import RewardModel
+        >>> from alignlab import Registry, RewardModel
         >>> rm = RewardModel({"data": {"kind": "ranking", "rankings": "testbed:rankings?n=200&k=4"}})
         >>> art = rm.run(Registry(), model="sft")  # doctest: +SKIP
         >>> art.metrics["accuracy"], art.metrics["score_mean"], art.metrics["score_std"]  # doctest: +SKIP
@@ -302,6 +301,7 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
         project_dir=tempfile.mkdtemp(prefix="alignlab-reward-") if log_with else None,
     )
     if log_with:
+        log.info("reward model: %s logs under %s", log_with, accelerator.project_dir)
         accelerator.init_trackers(
             tracking.project, init_kwargs={"wandb": {"name": tracking.run_name or cfg.output}}
         )

@@ -1,4 +1,4 @@
-"""RejectionSampling on the tiny pipeline: best-of-4 on 48 testbed prompts, one round, a few SFT steps."""
+"""RejectionSampling on the tiny pipeline: best of 8 on 96 testbed prompts, one round, 12 SFT steps."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from alignlab.testbed import gold_reward_fn
 pytestmark = pytest.mark.integration
 
 RS_CFG = {
-    "data": {"limit": 48},
-    "sampling": {"k": 4, "max_new_tokens": 24, "batch_size": 96},
+    "data": {"limit": 96},
+    "sampling": {"k": 8, "temperature": 0.7, "max_new_tokens": 24, "batch_size": 192},
     "train": {"epochs": 2, "lr": 1e-3, "batch_size": 16, "logging_steps": 1},
-    "eval": {"gold_n": 40},
+    "eval": {"gold_n": 40},  # the same 40 held-out prompts as the SFT fixture's gold score
 }
 
 
@@ -47,10 +47,10 @@ def test_fine_tunes_on_best_samples_and_publishes_model_and_dataset(rs_run):
     assert arts["sft"].id in samples.parents
     assert samples.id in {node.id for _, node in registry.lineage(art)}
     selected = load_records(samples.ref, kind="sft", registry=registry)
-    assert len(selected) == samples.metrics["selected"] == 48  # no threshold: one per prompt
+    assert len(selected) == samples.metrics["selected"] == 96  # no threshold: one per prompt
 
     curve = art.metrics["best_of_n"]
-    assert list(curve) == ["1", "2", "4"]
+    assert list(curve) == ["1", "2", "4", "8"]
     values = list(curve.values())
     assert all(a <= b + 1e-12 for a, b in zip(values, values[1:]))
     assert (art.path / PLOT_FILE).stat().st_size > 0 and (samples.path / PLOT_FILE).exists()
@@ -78,3 +78,14 @@ def test_an_unknown_reward_is_a_clear_error_and_publishes_nothing(tiny_pipeline)
     with pytest.raises(ConfigError, match="not a reward model"):
         stage.run(registry, model=arts["sft"].ref, reward=arts["sft"].ref)
     assert {a.id for a in registry.list()} == before
+
+
+def test_each_round_samples_from_the_previous_rounds_policy(tiny_pipeline):
+    registry, arts = tiny_pipeline
+    cfg = {"output": "rs2", "rounds": 2, "data": {"limit": 8}, "sampling": {"k": 2, "max_new_tokens": 8},
+           "train": {"max_steps": 1, "batch_size": 8}, "eval": {"gold": False}}
+    last = RejectionSampling(cfg).run(registry, model=arts["sft"].ref, reward=gold_reward_fn)
+    samples_2 = next(registry.get(p) for p in last.parents if registry.get(p).kind == "dataset")
+    first = registry.get("rs2:v1")
+    assert last.ref == "rs2:v2" and first.id in samples_2.parents
+    assert samples_2.metrics["round"] == 2 and samples_2.config["round"] == 2

@@ -65,3 +65,15 @@ def test_overrides_parse_values_as_yaml():
     assert (cfg.inner.steps, cfg.inner.lr, cfg.flag, cfg.name) == (7, 1e-5, True, "abc")
     with pytest.raises(ConfigError, match="key.path=value"):
         apply_overrides({}, ["nonsense"])
+
+
+@dataclass
+class WithGroupDefault:
+    inner: Inner = field(default_factory=lambda: Inner(lr=5e-4, steps=99))
+
+
+def test_partial_group_keeps_the_configs_own_defaults():
+    cfg = load_config(WithGroupDefault, {"inner": {"lr": 1e-2}})
+    assert cfg.inner.lr == 1e-2 and cfg.inner.steps == 99  # not Inner's bare default of 10
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        load_config(WithGroupDefault, {"inner": {"stpes": 1}})

@@ -5,6 +5,7 @@ import pytest
 
 from alignlab.errors import ConfigError
 from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes, expected_max, plot_best_of_n
+from alignlab.stages.rejection import function_source, resolve_reward, select_best
 
 
 def brute_force(scores, n):
@@ -52,3 +53,27 @@ def test_plot_writes_a_png(tmp_path):
     path = plot_best_of_n({"reward": {1: 0.2, 2: 0.3, 4: 0.35}, "gold": {"1": 0.1, "2": 0.2, "4": 0.2}},
                           tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_best_keeps_the_top_sample_above_the_threshold():
+    prompts = [[{"role": "user", "content": "a?"}], [{"role": "user", "content": "b?"}]]
+    samples = [["x", "y", "z"], ["u", "v", "w"]]
+    rewards = [[0.1, 0.9, 0.9], [0.2, 0.3, 0.1]]
+    rows = select_best(prompts, samples, rewards)
+    assert [r["messages"][-1] for r in rows] == [{"role": "assistant", "content": "y"},  # first of the tied best
+                                                 {"role": "assistant", "content": "v"}]
+    assert [r["reward"] for r in rows] == [0.9, 0.3]
+    assert len(select_best(prompts, samples, rewards, threshold=0.5)) == 1
+
+
+def test_a_reward_function_and_its_import_path_are_the_same_source(tmp_path):
+    from alignlab.registry import Registry
+    from alignlab.testbed import gold_reward_fn
+
+    registry = Registry(tmp_path)
+    by_object = resolve_reward(registry, gold_reward_fn)
+    by_path = resolve_reward(registry, "alignlab.testbed:gold_reward_fn")
+    assert by_object.source == by_path.source == function_source(gold_reward_fn)
+    assert by_object.source.source == "py:alignlab.testbed.gold:gold_reward_fn"
+    with pytest.raises(ConfigError, match="input 'reward' is required"):
+        resolve_reward(registry, None)
