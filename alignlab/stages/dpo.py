@@ -193,7 +193,7 @@ class DPOConfig:
 
     output: str = "dpo"
     data: DPOData = field(default_factory=DPOData)
-    train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=1.0, lr=2e-4, batch_size=16,
+    train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=1.0, lr=1e-4, batch_size=16,
                                                                  logging_steps=5))
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     loss_type: DPOLossType = DPOLossType.SIGMOID
@@ -335,8 +335,7 @@ class DPO:
     """Direct preference optimisation of a policy on preference pairs.
 
     Example:
-        >>> from alignlab import Registry
-        >>> from alignlab.stages.dpo import DPO
+        >>> from alignlab import DPO, Registry
         >>> dpo = DPO({"loss_type": "ipo", "data": {"source": "testbed:preferences?n=500"}})
         >>> art = dpo.run(Registry(), model="sft")  # doctest: +SKIP
         >>> art.metrics["gold_score"], art.metrics["kl_to_reference"]  # doctest: +SKIP
@@ -432,8 +431,8 @@ def _make_trainer(cfg: DPOConfig, model: Any, reference: Any, tok: Any, dataset:
     with _quiet_experimental():
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    return CPOTrainer(model=model, args=CPOConfig(**common), train_dataset=dataset, processing_class=tok,
-                      peft_config=peft)
+    args = CPOConfig(**common, remove_unused_columns=False)  # its collator needs the raw columns
+    return CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=peft)
 
 
 @contextlib.contextmanager

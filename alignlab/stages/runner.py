@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,11 @@ def run_stage(*, stage: str, name: str, kind: str, config: Any, registry: Regist
         body(StageRun(registry=registry, inputs=dict(inputs), data=dict(data), out=pub))
     log.info("%s: published %s", stage, pub.artifact.ref)
     return pub.artifact
+
+
+# TRL's configs still name the field `gradient_checkpointing` (default True), which transformers 5
+# deprecates in favour of `activation_checkpointing`; we must set it under TRL's name to turn it off.
+warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def hf_training_args(train: TrainGroup, tracking: TrackingGroup, run_name: str, **extra: Any) -> dict[str, Any]:

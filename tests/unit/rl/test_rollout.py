@@ -198,3 +198,19 @@ def test_checkpoint_restores_exact_state(tiny, tmp_path) -> None:
     assert fresh.updates == trainer.updates
     for a, b in zip(fresh.optimizer.state_dict()["state"].values(), optimizer_state["optimizer"]["state"].values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
+
+
+def test_ptx_term_and_entropy_bonus_join_the_loss(tiny) -> None:
+    from alignlab.rl.trainer import PTXBatches
+
+    policy, critic, tok = tiny
+    rollout, _ = _rollout(tiny)
+    ptx = PTXBatches.from_texts(["3 plus 4 is 7.", "Mira likes the color red.", "red"], tok, batch_size=2,
+                                max_length=6, seed=0)
+    ids, mask = ptx.batch(0)
+    assert ids.shape[0] == 2 and ids.shape[1] <= 6 and mask[:, 0].all()  # right-padded, cut to max_length
+    assert ptx.batch(3)[0].tolist() == ptx.batch(0)[0].tolist()  # 3 texts, 2 per batch: cycles after 3 batches
+    trainer = PPOTrainer(policy, critic, PPOSettings(mini_batch_size=2, entropy_coef=0.01), lr=1e-3,
+                         total_updates=2, ptx=ptx, ptx_coef=0.5)
+    stats = trainer.update(rollout, trainer.experience(rollout, kl_coef=0.05), step=1)
+    assert stats["ptx_loss"] > 0 and trainer.ptx_batches == 2 and trainer.updates == 2
