@@ -1,4 +1,4 @@
-"""The `alignlab` command: run | stage | artifacts | data | eval | report.
+"""The `alignlab` command: run | stage | artifacts | data | eval | report | plan.
 
 Errors that alignlab raises on purpose are printed as one message with exit code 2, never as a
 traceback; anything else is a bug and keeps its traceback.
@@ -55,7 +55,13 @@ def print_results(results: Sequence[Any], title: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from alignlab.distributed.launch import build_launch_command, launch, needs_launch, run_args_from
     from alignlab.recipe import load_recipe, plan, run_recipe
+
+    if needs_launch(args.nproc, args.hostfile):
+        command = build_launch_command(args.recipe, args.nproc, args.hostfile, args.launcher,
+                                       run_args=run_args_from(args), verbose=args.verbose)
+        return launch(command)
 
     recipe = load_recipe(args.recipe, args.overrides)
     for line in plan(recipe):
@@ -120,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="retrain instead of reusing: all entries, or the named ones")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
     run.add_argument("--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)")
+    run.add_argument("--nproc", type=int, default=None, metavar="N",
+                     help="processes (GPUs) per machine; more than 1 relaunches through --launcher (docs/scaling.md)")
+    run.add_argument("--hostfile", default=None, metavar="FILE",
+                     help="several machines: a DeepSpeed hostfile, one 'hostname slots=N' per line")
+    run.add_argument("--launcher", default=None, choices=["torchrun", "deepspeed", "accelerate"],
+                     help="default: torchrun on one machine, deepspeed with --hostfile")
     run.set_defaults(func=cmd_run)
 
     stage = sub.add_parser("stage", help="run one stage")
@@ -130,11 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)")
     stage.set_defaults(func=cmd_stage)
 
-    from alignlab.commands import artifacts, data, report
+    from alignlab.commands import artifacts, data, plan, report
     from alignlab.commands import eval as eval_command
 
     artifacts.register(sub)
     data.register(sub)
+    plan.register(sub)
     eval_command.register(sub)
     report.register(sub)
     return parser

@@ -166,24 +166,21 @@ def deepspeed_config(
             ``"auto"`` with 1.0, not with the stage's setting).
 
     Raises:
-        ConfigError: ``config_file`` is missing, not JSON, or has an optimizer that alignlab's
+        ConfigError: ``config_file`` is missing or not JSON, or sets an optimizer that alignlab's
             own loops cannot take.
     """
     kind = stage_kind(stage)
     world = current_world_size() if world_size is None else world_size
     if group.config_file is not None:
         config = load_deepspeed_file(group.config_file)
-        if kind is StageKind.ACCELERATE and ({"optimizer", "scheduler"} & config.keys()):
-            raise ConfigError(
-                f"{group.config_file}: alignlab's own training loops build their optimizer and scheduler; "
-                "remove the 'optimizer' and 'scheduler' sections from this DeepSpeed config"
-            )
-        zero = config.get("zero_optimization", {})
+        zero = config["zero_optimization"]
+        if zero.get("stage", 0) == 0 and world <= 1:
+            return None
         if kind is StageKind.INFERENCE:
             offload = zero.get("offload_param", {}).get("device", "none") not in ("none", None)
             return _inference_config(zero.get("stage", 0), offload, resolve_mixed_precision(group))
-        if zero.get("stage", 0) == 0 and world <= 1:
-            return None
+        if kind is StageKind.ACCELERATE:
+            _drop_trainer_optimizer(config, group.config_file)
         if max_grad_norm is not None and config.get("gradient_clipping") == "auto":
             config["gradient_clipping"] = max_grad_norm
         return config
@@ -236,6 +233,28 @@ def _training_config(group: DistributedGroup, kind: StageKind, max_grad_norm: fl
         # alignlab's loops build a torch optimizer; DeepSpeed refuses it with offload unless told
         config["zero_force_ds_cpu_optimizer"] = False
     return config
+
+
+def _drop_trainer_optimizer(config: dict[str, Any], path: str) -> None:
+    """alignlab's own loops build a torch optimizer: drop an all-"auto" DeepSpeed optimizer section.
+
+    A template's ``optimizer`` only asks the Trainer for DeepSpeed's Adam with its own settings;
+    a section with real values is a choice alignlab's loops cannot honour, so it is an error.
+    """
+    for key in ("optimizer", "scheduler"):
+        section = config.get(key)
+        if section is None:
+            continue
+        params = section.get("params", {}) if isinstance(section, dict) else {}
+        if any(v != "auto" for v in params.values()):
+            raise ConfigError(
+                f"{path}: alignlab's own training loops (reward model, PPO, rejection sampling) build their "
+                f"optimizer and scheduler; remove the '{key}' section or leave its params as \"auto\""
+            )
+        del config[key]
+    offload = config["zero_optimization"].get("offload_optimizer", {}).get("device", "none")
+    if offload not in ("none", None):
+        config.setdefault("zero_force_ds_cpu_optimizer", False)
 
 
 def _inference_config(zero_stage: int, offload_params: bool, precision: str) -> dict[str, Any]:

@@ -687,9 +687,10 @@ def _states(role: str, params: int, trainable: int, frozen: float, largest: int,
     working = 0.0
     if z == 3:
         working = (b.weights + (b.grads if trainable == params else 0)) * largest
-    # CPU, DeepSpeed's rule: an fp32 copy per process while loading, or the offloaded states
+    # CPU, DeepSpeed's rule: an fp32 copy per process while loading, or the offloaded states; a
+    # LoRA base is loaded in its own precision (16-bit or 4-bit), not in fp32
     offloaded = (max(b.grads_fp32, b.grads) + b.optimizer) * trainable
-    loading = 4 * params
+    loading = 4 * params if trainable == params else frozen + b.weights * trainable
     if z < 3:
         cpu = max(loading * n, offloaded) if s.offload_optimizer else loading * gpn
     elif s.offload_optimizer or s.offload_params:

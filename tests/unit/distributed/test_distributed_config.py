@@ -200,9 +200,11 @@ def test_config_file_is_used_as_is(tmp_path):
     # DeepSpeed and accelerate edit the config they are given: a fresh dict each time
     first["zero_optimization"]["stage"] = 0
     assert deepspeed_config(group, "sft", world_size=2)["zero_optimization"]["stage"] == 3
-    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}))
-    with pytest.raises(ConfigError, match="remove the 'optimizer'"):
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"params": {"lr": 3e-4}}}))
+    with pytest.raises(ConfigError, match="remove the 'optimizer' section"):
         deepspeed_config(group, "ppo", world_size=2)
+    path.write_text(json.dumps({"zero_optimization": {"stage": 0}}))
+    assert deepspeed_config(group, "inference", world_size=1) is None  # nothing to shard
     with pytest.raises(ConfigError, match="not found.*recipes/deepspeed"):
         deepspeed_config(DistributedGroup(config_file=str(tmp_path / "nope.json")), "sft")
     path.write_text("{not json")
