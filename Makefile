@@ -37,6 +37,7 @@ test-all: install test-deps
 
 rlhf: install
 	$(VENV)/bin/alignlab run recipes/instructgpt.yaml
+	$(VENV)/bin/alignlab report ppo
 
 sft: install
 	$(VENV)/bin/alignlab run recipes/sft.yaml

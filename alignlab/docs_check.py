@@ -65,19 +65,31 @@ def _type(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("|", "\\|")
 
 
-def config_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, description) for every field, nested groups flattened with dots."""
+def config_rows(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every field, nested groups flattened with dots.
+
+    Defaults are the stage's own (a stage may give a group other defaults than the group class).
+    """
     docs = field_docs(cls)
     hints = get_type_hints(cls)
+    if instance is None:
+        try:
+            instance = cls()
+        except (TypeError, ValueError):  # a config with required fields or validation
+            instance = None
     rows = []
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
+        value = getattr(instance, f.name) if instance is not None else None
         if dataclasses.is_dataclass(tp):
             rows.append((key, "group", "", docs.get(f.name, "")))
-            rows.extend(config_rows(tp, prefix=f"{key}."))
+            rows.extend(config_rows(type(value) if value is not None else tp, prefix=f"{key}.", instance=value))
         else:
-            rows.append((key, _type(tp), repr(_default(f)), docs.get(f.name, "")))
+            default = _default(f) if instance is None else value
+            if isinstance(default, enum.Enum):
+                default = default.value
+            rows.append((key, _type(tp), repr(default), docs.get(f.name, "")))
     return rows
 
 

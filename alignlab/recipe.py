@@ -202,8 +202,10 @@ def run_recipe(recipe: Recipe, registry: Registry | None = None, *, force: bool 
     for e in recipe.entries:
         inputs = {role: produced[ref].id if ref in produced else ref for role, ref in e.inputs.items()}
         if dry_run:
-            for role, ref in e.inputs.items():
-                if ref not in produced and ref not in {x.name for x in recipe.entries}:
+            from alignlab.rewards import is_import_path
+
+            for ref in e.inputs.values():
+                if ref not in {x.name for x in recipe.entries} and not is_import_path(ref):
                     registry.resolve(ref)
             continue
         entry_force = force if isinstance(force, bool) else e.name in force

@@ -115,13 +115,18 @@ def load_scorer(reward: str | RewardFn | Any, registry: Registry | None = None, 
         return FunctionScorer(reward)
     if not isinstance(reward, str) or not reward:
         raise ConfigError(f"reward must be a reward-model reference, 'module:function' or a callable, got {reward!r}")
-    if reward.startswith("py:") or _looks_like_import_path(reward):
+    if is_import_path(reward):
         return FunctionScorer(import_reward_fn(reward), name=reward)
     model, tok = load_reward_model(reward, registry)
     return RewardModelScorer(model, tok, batch_size=batch_size)
 
 
-def _looks_like_import_path(ref: str) -> bool:
-    """``pkg.mod:fn`` — a dotted module and an identifier; registry refs look like ``name:v3``."""
+def is_import_path(ref: str) -> bool:
+    """``py:mod:fn`` or ``pkg.mod:fn`` (a dotted module and an identifier); registry refs look like ``name:v3``."""
+    if ref.startswith("py:"):
+        return True
     module, sep, attr = ref.partition(":")
     return bool(sep) and attr.isidentifier() and "." in module and "/" not in module
+
+
+_looks_like_import_path = is_import_path  # old private name, still imported by stages

@@ -319,9 +319,9 @@ def store(registry: Registry, ref: str, metrics: dict[str, Any], source: str) ->
 
 
 def _is_import_path(ref: str) -> bool:
-    from alignlab.rewards import _looks_like_import_path
+    from alignlab.rewards import is_import_path
 
-    return ref.startswith("py:") or _looks_like_import_path(ref)
+    return is_import_path(ref)
 
 
 def _as_json(result: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from alignlab.config import load_config
 from alignlab.errors import ConfigError, DataError, ReferenceNotFound
 from alignlab.registry import Artifact, ExternalRef, Registry
-from alignlab.rewards import RewardFn, Scorer, _looks_like_import_path, import_reward_fn, load_scorer
+from alignlab.rewards import RewardFn, Scorer, import_reward_fn, is_import_path, load_scorer
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
@@ -189,7 +189,7 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
     if reward is None or (isinstance(reward, str) and not reward.strip()):
         raise ConfigError("input 'reward' is required: pass reward=REWARD_MODEL_REF, a reward function, or "
                           "'package.module:function' (e.g. reward='alignlab.testbed:gold_reward_fn')")
-    if isinstance(reward, str) and (reward.startswith("py:") or _looks_like_import_path(reward)):
+    if isinstance(reward, str) and is_import_path(reward):
         reward = import_reward_fn(reward)
     if callable(reward) and not isinstance(reward, (str, Artifact)):
         return RewardInput(fn=reward, source=function_source(reward))
@@ -274,13 +274,12 @@ class RejectionSampling:
     """Best-of-K rejection-sampling fine-tuning.
 
     Example:
-        >>> from alignlab import Registry
-        >>> from alignlab.stages.rejection import RejectionSampling
+        >>> from alignlab import Registry, RejectionSampling
         >>> from alignlab.testbed import gold_reward_fn
         >>> rs = RejectionSampling({"sampling": {"k": 8}, "data": {"limit": 256}})
         >>> art = rs.run(Registry(), model="sft", reward=gold_reward_fn)  # doctest: +SKIP
-        >>> art.metrics["best_of_n"], art.metrics["gold_score"]  # doctest: +SKIP
-        ({'1': 0.61, '2': 0.70, '4': 0.77, '8': 0.81}, 0.74)
+        >>> art.metrics["best_of_n"]  # mean best reward of N = 1, 2, 4, 8 samples  # doctest: +SKIP
+        >>> art.metrics["gold_score"]  # doctest: +SKIP
 
     In a recipe the reward is a reward-model entry or an import path::
 

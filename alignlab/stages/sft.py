@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from alignlab.config import load_config
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, hf_training_args, log_history_metrics, resolve_inputs, run_stage
+from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
 
@@ -64,12 +64,6 @@ class SFTConfig:
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
 
 
-def conversations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Canonical SFT records as TRL's conversational rows (role and content of each message)."""
-    return [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
-            for r in records]
-
-
 class SFT:
     """Supervised fine-tuning.
 
@@ -102,28 +96,14 @@ class SFT:
                          body=lambda run: self._train(run, cfg))
 
     def _train(self, run: StageRun, cfg: SFTConfig) -> None:
-        from datasets import Dataset
-        from trl import SFTConfig as TRLSFTConfig
-        from trl import SFTTrainer
-
         from alignlab.models import load_causal_lm, save_model
-        from alignlab.models.adapters import finalize, peft_config, quantization_kwargs
+        from alignlab.models.adapters import quantization_kwargs
+        from alignlab.stages.sft_training import train_sft
 
         model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
-        dataset = Dataset.from_list(conversations(run.data["train"].records))
-        args = TRLSFTConfig(
-            **hf_training_args(cfg.train, cfg.tracking, cfg.output),
-            max_length=cfg.data.max_length,
-            packing=cfg.packing,
-            assistant_only_loss=cfg.loss_on == "assistant",
-            dataset_num_proc=None,
-        )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                             peft_config=peft_config(cfg.adapter))
-        trainer.train()
-        trained = finalize(trainer.model, cfg.adapter)
-        metrics = log_history_metrics(trainer.state.log_history)
-        metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        trained, metrics = train_sft(model, tok, run.data["train"].records, train=cfg.train, adapter=cfg.adapter,
+                                     tracking=cfg.tracking, run_name=cfg.output, max_length=cfg.data.max_length,
+                                     loss_on=cfg.loss_on, packing=cfg.packing)
         metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
         save_model(trained, tok, run.dir)
         run.metrics.update(metrics)

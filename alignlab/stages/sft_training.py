@@ -9,7 +9,12 @@ from typing import Any, Literal
 
 from alignlab.stages.groups import AdapterGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import hf_training_args, log_history_metrics
-from alignlab.stages.sft import conversations  # to move here once SFT._train calls train_sft
+
+
+def conversations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Canonical SFT records as TRL's conversational rows (role and content of each message)."""
+    return [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
+            for r in records]
 
 
 def train_sft(model: Any, tokenizer: Any, records: list[dict[str, Any]], *, train: TrainGroup,

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.integration
 FULL = {
     "output": "dpo_full",
     "loss_type": "rpo",
-    "data": {"source": "testbed:preferences?n=256"},
-    "train": {"epochs": 1, "lr": 3e-4, "batch_size": 16, "logging_steps": 4},
+    "data": {"source": "testbed:preferences?n=512"},
+    "train": {"epochs": 1, "lr": 2e-4, "batch_size": 16, "logging_steps": 8},
     "kl": {"n": 16},
     "eval": {"gold_n": 40},  # the SFT fixture's gold_n: the same 40 held-out prompts
 }
