@@ -70,8 +70,15 @@ def plot_ppo_report(history: Sequence[Mapping[str, Any]], path: str | Path, titl
     return path
 
 
-def step_entry(step: int, rollout: Any, kl: float, beta: float, stats: dict[str, float],
-               seconds: dict[str, float], total_seconds: float) -> dict[str, Any]:
+def step_entry(
+    step: int,
+    rollout: Any,
+    kl: float,
+    beta: float,
+    stats: dict[str, float],
+    seconds: dict[str, float],
+    total_seconds: float,
+) -> dict[str, Any]:
     """One line of the history: what the rollout and the update measured, and where time went."""
     entry: dict[str, Any] = {
         "step": step,

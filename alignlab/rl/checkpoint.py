@@ -81,8 +81,11 @@ def capture_rng() -> dict[str, Any]:
             tensors[f"cuda{i}"] = state
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"tensors": tensors, "python": [version, list(internal), gauss],
-            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    return {
+        "tensors": tensors,
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
 
 
 def restore_rng(checkpoint: Checkpoint) -> None:
@@ -100,8 +103,14 @@ def restore_rng(checkpoint: Checkpoint) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(root: str | Path, step: int, *, modules: Mapping[str, torch.nn.Module],
-                    torch_states: Mapping[str, Any], state: Mapping[str, Any]) -> Path:
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    *,
+    modules: Mapping[str, torch.nn.Module],
+    torch_states: Mapping[str, Any],
+    state: Mapping[str, Any],
+) -> Path:
     """Write the checkpoint of ``step`` under ``root`` and remove the older ones.
 
     Args:
@@ -145,8 +154,10 @@ def checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).exists()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -138,14 +138,20 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
 
 
-def policy_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, response_len: int,
-                  temperature: float = 1.0) -> Tensor:
+def policy_logits(
+    model: Any, input_ids: Tensor, attention_mask: Tensor, response_len: int, temperature: float = 1.0
+) -> Tensor:
     """(B, T, V) logits that predict the last ``response_len`` tokens, divided by the temperature.
 
     Only the last T + 1 positions go through the LM head (``logits_to_keep``).
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                logits_to_keep=response_len + 1, use_cache=False)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=response_len + 1,
+        use_cache=False,
+    )
     return out.logits[:, :-1] / temperature
 
 
@@ -161,9 +167,13 @@ def token_values(critic: Any, input_ids: Tensor, attention_mask: Tensor, respons
     if head is None:
         raise TypeError(f"{type(model).__name__} has no `score` or `classifier` head to use as a value head")
     body = getattr(model, model.base_model_prefix)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                  use_cache=False).last_hidden_state  # (B, P + T, H)
-    return head(hidden[:, -response_len - 1:-1]).squeeze(-1).float()
+    hidden = body(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state  # (B, P + T, H)
+    return head(hidden[:, -response_len - 1 : -1]).squeeze(-1).float()
 
 
 @contextmanager
@@ -196,9 +206,13 @@ class ScoreShaper:
         reference_moments: (mean, std) for ``reward_model`` normalisation.
     """
 
-    def __init__(self, normalization: RewardNormalization | str = RewardNormalization.NONE,
-                 clip: float | None = None, missing_eos_penalty: float | None = None,
-                 reference_moments: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        normalization: RewardNormalization | str = RewardNormalization.NONE,
+        clip: float | None = None,
+        missing_eos_penalty: float | None = None,
+        reference_moments: tuple[float, float] | None = None,
+    ) -> None:
         self.normalization = RewardNormalization(normalization)
         if self.normalization is RewardNormalization.REWARD_MODEL and reference_moments is None:
             raise ValueError("reward_model normalisation needs the reward model's (mean, std)")
@@ -230,25 +244,46 @@ class ScoreShaper:
 
 
 @torch.inference_mode()
-def sample_responses(policy: Any, query: Tensor, query_mask: Tensor, settings: GenerationSettings,
-                     eos_ids: Sequence[int], pad_id: int) -> Tensor:
+def sample_responses(
+    policy: Any,
+    query: Tensor,
+    query_mask: Tensor,
+    settings: GenerationSettings,
+    eos_ids: Sequence[int],
+    pad_id: int,
+) -> Tensor:
     """(B, T) sampled response ids (KV cache, stops at EOS), padded with ``pad_id`` to one width."""
     pieces = []
     for part in chunks(query.shape[0], settings.batch_size):
         out = policy.generate(
-            input_ids=query[part], attention_mask=query_mask[part], max_new_tokens=settings.max_new_tokens,
-            do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-            eos_token_id=list(eos_ids), pad_token_id=pad_id, use_cache=True,
+            input_ids=query[part],
+            attention_mask=query_mask[part],
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            eos_token_id=list(eos_ids),
+            pad_token_id=pad_id,
+            use_cache=True,
         )
-        pieces.append(out[:, query.shape[1]:])
+        pieces.append(out[:, query.shape[1] :])
     width = max(p.shape[1] for p in pieces)
     return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad_id) for p in pieces])
 
 
 @torch.inference_mode()
-def rollout_forward(policy: Any, reference: Any | None, critic: Any, query: Tensor, query_mask: Tensor,
-                    response: Tensor, mask: Tensor, temperature: float,
-                    batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def rollout_forward(
+    policy: Any,
+    reference: Any | None,
+    critic: Any,
+    query: Tensor,
+    query_mask: Tensor,
+    response: Tensor,
+    mask: Tensor,
+    temperature: float,
+    batch_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Old log-probs, reference log-probs and values, (B, T) each, in batched inference passes."""
     ids = torch.cat([query, response], dim=1)
     attn = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
@@ -266,9 +301,18 @@ def rollout_forward(policy: Any, reference: Any | None, critic: Any, query: Tens
     return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
 
-def collect_rollout(policy: Any, tokenizer: Any, queries: Sequence[Sequence[int]], prompts: list[str], *,
-                    critic: Any, scorer: Scorer, shaper: ScoreShaper, settings: GenerationSettings,
-                    reference: Any | None = None) -> tuple[Rollout, dict[str, float]]:
+def collect_rollout(
+    policy: Any,
+    tokenizer: Any,
+    queries: Sequence[Sequence[int]],
+    prompts: list[str],
+    *,
+    critic: Any,
+    scorer: Scorer,
+    shaper: ScoreShaper,
+    settings: GenerationSettings,
+    reference: Any | None = None,
+) -> tuple[Rollout, dict[str, float]]:
     """Sample one response per prompt and compute everything PPO needs about it.
 
     Args:
@@ -300,8 +344,17 @@ def collect_rollout(policy: Any, tokenizer: Any, queries: Sequence[Sequence[int]
     seconds["generation"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    logprobs, ref_logprobs, values = rollout_forward(policy, reference, critic, query, query_mask, response, mask,
-                                                     settings.temperature, settings.batch_size)
+    logprobs, ref_logprobs, values = rollout_forward(
+        policy,
+        reference,
+        critic,
+        query,
+        query_mask,
+        response,
+        mask,
+        settings.temperature,
+        settings.batch_size,
+    )
     seconds["forward"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -309,9 +362,20 @@ def collect_rollout(policy: Any, tokenizer: Any, queries: Sequence[Sequence[int]
     raw = torch.tensor(list(scorer(list(prompts), responses)), dtype=torch.float32, device=device)
     scores = shaper(raw, ended)
     seconds["scoring"] = time.perf_counter() - start
-    rollout = Rollout(query=query, query_mask=query_mask, response=response, mask=mask, logprobs=logprobs,
-                      ref_logprobs=ref_logprobs, values=values, raw_scores=raw, scores=scores, ended=ended,
-                      prompts=list(prompts), responses=responses)
+    rollout = Rollout(
+        query=query,
+        query_mask=query_mask,
+        response=response,
+        mask=mask,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        raw_scores=raw,
+        scores=scores,
+        ended=ended,
+        prompts=list(prompts),
+        responses=responses,
+    )
     return rollout, seconds
 
 
@@ -321,13 +385,16 @@ def step_rows(step: int, batch: int, n: int, seed: int) -> list[int]:
     for i in range((step - 1) * batch, step * batch):
         epoch = i // n
         if epoch not in orders:
-            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+            orders[epoch] = torch.randperm(
+                n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)
+            ).tolist()
         rows.append(orders[epoch][i % n])
     return rows
 
 
-def encode_prompts(tokenizer: Any, records: Sequence[dict[str, Any]],
-                   max_length: int) -> tuple[list[list[int]], list[str], int]:
+def encode_prompts(
+    tokenizer: Any, records: Sequence[dict[str, Any]], max_length: int
+) -> tuple[list[list[int]], list[str], int]:
     """Chat-template canonical prompt records (``{"prompt": [messages]}``) for sampling.
 
     Returns:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from alignlab.errors import TrainingError
+from alignlab.models.accelerator import fresh_accelerator, release_accelerator  # noqa: F401
 from alignlab.rl.advantages import get_advantage_estimator, masked_mean, masked_whiten, per_token_rewards
 from alignlab.rl.kl import KLEstimator
 from alignlab.rl.losses import (
@@ -90,17 +91,22 @@ class PTXBatches:
         seed: order seed.
     """
 
-    def __init__(self, sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int, seed: int = 0) -> None:
+    def __init__(
+        self, sequences: Sequence[Sequence[int]], batch_size: int, pad_id: int, seed: int = 0
+    ) -> None:
         if not sequences:
             raise ValueError("PTXBatches needs at least one text")
         self.sequences = [list(s) for s in sequences]
         self.batch_size = batch_size
         self.pad_id = pad_id
-        self.order = torch.randperm(len(self.sequences), generator=torch.Generator().manual_seed(seed)).tolist()
+        self.order = torch.randperm(
+            len(self.sequences), generator=torch.Generator().manual_seed(seed)
+        ).tolist()
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str], tokenizer: Any, *, batch_size: int, max_length: int,
-                   seed: int = 0) -> PTXBatches:
+    def from_texts(
+        cls, texts: Sequence[str], tokenizer: Any, *, batch_size: int, max_length: int, seed: int = 0
+    ) -> PTXBatches:
         """Tokenize plain texts (no chat template), each ending with EOS, cut to ``max_length``."""
         encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         sequences = [(list(ids) + [tokenizer.eos_token_id])[:max_length] for ids in encoded]
@@ -114,8 +120,8 @@ class PTXBatches:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
         return ids, mask
 
 
@@ -140,18 +146,32 @@ class PPOTrainer:
         temperature: the sampling temperature (log-probs are taken at it).
         seed: minibatch order seed.
         ptx: pretraining batches for the PPO-ptx term; ``ptx_coef`` weighs its LM loss.
-        accelerator: an ``accelerate.Accelerator`` (one is made when None).
+        accelerator: an ``accelerate.Accelerator`` (None: :func:`fresh_accelerator`).
     """
 
-    def __init__(self, policy: Any, critic: Any, settings: PPOSettings, *, lr: float, total_updates: int,
-                 weight_decay: float = 0.0, max_grad_norm: float | None = 1.0, scheduler: str = "constant",
-                 warmup_ratio: float = 0.0, grad_accum: int = 1, temperature: float = 1.0, seed: int = 0,
-                 ptx: PTXBatches | None = None, ptx_coef: float = 0.0, accelerator: Any = None) -> None:
-        from accelerate import Accelerator
+    def __init__(
+        self,
+        policy: Any,
+        critic: Any,
+        settings: PPOSettings,
+        *,
+        lr: float,
+        total_updates: int,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        scheduler: str = "constant",
+        warmup_ratio: float = 0.0,
+        grad_accum: int = 1,
+        temperature: float = 1.0,
+        seed: int = 0,
+        ptx: PTXBatches | None = None,
+        ptx_coef: float = 0.0,
+        accelerator: Any = None,
+    ) -> None:
         from transformers import get_scheduler
 
         self.settings = settings
-        self.accelerator = accelerator or Accelerator()
+        self.accelerator = accelerator or fresh_accelerator()
         self.estimate_advantages = get_advantage_estimator(settings.advantage_estimator)
         for model in (policy, critic):
             disable_dropout(model)
@@ -162,8 +182,12 @@ class PPOTrainer:
         ]
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.policy, self.critic, self.optimizer = self.accelerator.prepare(policy, critic, optimizer)
-        self.scheduler = get_scheduler(scheduler, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_updates),
-                                       num_training_steps=max(total_updates, 1))
+        self.scheduler = get_scheduler(
+            scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(warmup_ratio * total_updates),
+            num_training_steps=max(total_updates, 1),
+        )
         self.max_grad_norm = max_grad_norm
         self.grad_accum = max(1, grad_accum)
         self.temperature = temperature
@@ -178,13 +202,22 @@ class PPOTrainer:
         return settings.epochs * math.ceil(batch_size / settings.mini_batch_size)
 
     @torch.no_grad()
-    def experience(self, rollout: Rollout, kl_coef: float,
-                   kl_estimator: KLEstimator | str = KLEstimator.K1) -> Experience:
+    def experience(
+        self, rollout: Rollout, kl_coef: float, kl_estimator: KLEstimator | str = KLEstimator.K1
+    ) -> Experience:
         """Per-token rewards (-β·KL, score at the last token), advantages and returns."""
         s = self.settings
-        rewards, kl = per_token_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask,
-                                        kl_coef=kl_coef, kl_estimator=kl_estimator)
-        advantages, returns = self.estimate_advantages(rewards, rollout.values, rollout.mask, gamma=s.gamma, lam=s.lam)
+        rewards, kl = per_token_rewards(
+            rollout.scores,
+            rollout.logprobs,
+            rollout.ref_logprobs,
+            rollout.mask,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+        )
+        advantages, returns = self.estimate_advantages(
+            rewards, rollout.values, rollout.mask, gamma=s.gamma, lam=s.lam
+        )
         if s.whiten_advantages:
             advantages = masked_whiten(advantages, rollout.mask)
         return Experience(rewards=rewards, kl=kl, advantages=advantages, returns=returns)
@@ -204,8 +237,9 @@ class PPOTrainer:
                 index = permutation[part]
                 micro_parts = chunks(len(index), math.ceil(len(index) / self.grad_accum))
                 for micro in micro_parts:
-                    stats = self._backward(rollout, experience, index[micro], len(micro_parts),
-                                           where=(step, epoch, number))
+                    stats = self._backward(
+                        rollout, experience, index[micro], len(micro_parts), where=(step, epoch, number)
+                    )
                     for key, value in stats.items():
                         history[key].append(value)
                 history["grad_norm_policy"].append(self._clip(self.policy))
@@ -219,25 +253,43 @@ class PPOTrainer:
         out["lr"] = self.scheduler.get_last_lr()[0]
         return out
 
-    def _backward(self, rollout: Rollout, experience: Experience, index: Tensor, n_micro: int,
-                  where: tuple[int, int, int]) -> dict[str, float]:
+    def _backward(
+        self,
+        rollout: Rollout,
+        experience: Experience,
+        index: Tensor,
+        n_micro: int,
+        where: tuple[int, int, int],
+    ) -> dict[str, float]:
         s = self.settings
         batch = rollout.select(index)
         ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask
         T = batch.response.shape[1]
         logits = policy_logits(self.policy, ids, attn, T, self.temperature)  # (b, T, V)
         logprobs = logprobs_from_logits(logits, batch.response)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and s.entropy_coef != 0):  # a metric unless a bonus
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and s.entropy_coef != 0
+        ):  # a metric unless a bonus
             entropy = masked_entropy(logits, mask)
         del logits
         values = token_values(self.critic, ids, attn, T)
-        pg_loss, pg_stats = policy_loss(logprobs, batch.logprobs, experience.advantages[index], mask, clip=s.clip)
-        vf_loss, vf_stats = value_loss(values, batch.values, experience.returns[index], mask, clip=s.value_clip)
+        pg_loss, pg_stats = policy_loss(
+            logprobs, batch.logprobs, experience.advantages[index], mask, clip=s.clip
+        )
+        vf_loss, vf_stats = value_loss(
+            values, batch.values, experience.returns[index], mask, clip=s.value_clip
+        )
         loss = pg_loss + s.vf_coef * vf_loss
         if s.entropy_coef:
             loss = loss - s.entropy_coef * entropy
-        stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "entropy": entropy.item(),
-                 "value_mean": masked_mean(values.detach(), mask).item(), **pg_stats, **vf_stats}
+        stats = {
+            "policy_loss": pg_loss.item(),
+            "value_loss": vf_loss.item(),
+            "entropy": entropy.item(),
+            "value_mean": masked_mean(values.detach(), mask).item(),
+            **pg_stats,
+            **vf_stats,
+        }
         if self.ptx is not None and self.ptx_coef:
             ptx_loss = self._ptx_loss()
             loss = loss + self.ptx_coef * ptx_loss
@@ -246,7 +298,8 @@ class PPOTrainer:
             step, epoch, number = where
             raise TrainingError(
                 f"non-finite PPO loss at step {step} (PPO epoch {epoch}, minibatch {number}): "
-                f"policy_loss={stats['policy_loss']}, value_loss={stats['value_loss']}, entropy={stats['entropy']}; "
+                f"policy_loss={stats['policy_loss']}, value_loss={stats['value_loss']}, "
+                f"entropy={stats['entropy']}; "
                 "lower train.lr or ppo.critic_lr, or raise kl.coef"
             )
         self.accelerator.backward(loss / n_micro)
@@ -258,8 +311,13 @@ class PPOTrainer:
         ids, attn = (t.to(device) for t in self.ptx.batch(self.ptx_batches))
         self.ptx_batches += 1
         labels = torch.where(attn.bool(), ids, -100)
-        return self.policy(input_ids=ids, attention_mask=attn, position_ids=position_ids(attn), labels=labels,
-                           use_cache=False).loss
+        return self.policy(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=position_ids(attn),
+            labels=labels,
+            use_cache=False,
+        ).loss
 
     def _clip(self, model: Any) -> float:
         params = [p for p in model.parameters() if p.grad is not None]
@@ -267,12 +325,18 @@ class PPOTrainer:
             return 0.0
         if self.max_grad_norm:
             return float(self.accelerator.clip_grad_norm_(params, self.max_grad_norm))
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+        return float(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser and schedule state (plain tensors and numbers: loads with ``weights_only``)."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "updates": self.updates, "ptx_batches": self.ptx_batches}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "updates": self.updates,
+            "ptx_batches": self.ptx_batches,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

@@ -221,7 +221,8 @@ class PPO:
     name = "ppo"
     config_cls = PPOConfig
 
-    def __init__(self, config: PPOConfig | dict | None = None, *, callbacks: Sequence[StepCallback] = ()) -> None:
+    def __init__(self, config: PPOConfig | dict | None = None, *,
+                 callbacks: Sequence[StepCallback] = ()) -> None:
         self.config = load_config(PPOConfig, config)
         self.callbacks = list(callbacks)
 
@@ -240,13 +241,14 @@ class PPO:
         """
         from alignlab.data import load_records
         from alignlab.models.adapters import publishes_adapter, quantization_kwargs
+        from alignlab.rl.checkpoint import remove_checkpoints
 
         cfg = self.config
         registry = registry or Registry()
         if cfg.adapter.method == AdapterMethod.PROMPT_TUNING:
             raise ConfigError("adapter.method=prompt_tuning is not supported by PPO; use lora or full")
         quantization_kwargs(cfg.adapter)
-        scored_by = resolve_reward(registry, reward)  # a reward-model input, or a function recorded as a source
+        scored_by = resolve_reward(registry, reward)  # a reward-model input, or a function (a data source)
         inputs = resolve_inputs(registry, {"model": model, "critic": critic, "reference": reference},
                                 required=("model",))
         if scored_by.target is not None:
@@ -264,13 +266,19 @@ class PPO:
         artifact = run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
                              inputs=inputs, data=data, force=force,
                              body=lambda run: self._train(run, cfg, scored_by.fn, key, ckpt_root))
-        from alignlab.rl.checkpoint import remove_checkpoints
-
         remove_checkpoints(ckpt_root)  # published: nothing left to resume
         return artifact
 
     def _train(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path) -> None:
-        from accelerate import Accelerator
+        from alignlab.rl.trainer import fresh_accelerator, release_accelerator
+
+        try:  # the accelerate state is process-wide: start from a clean one, leave a clean one
+            self._train_with(run, cfg, reward_fn, key, ckpt_root, fresh_accelerator())
+        finally:
+            release_accelerator()
+
+    def _train_with(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path,
+                    accelerator: Any) -> None:
         from accelerate.utils import set_seed
 
         from alignlab.eval.ppo_report import plot_ppo_report, progress_bar, step_entry
@@ -288,10 +296,10 @@ class PPO:
         from alignlab.tracking import Tracker
 
         set_seed(cfg.train.seed)
-        accelerator = Accelerator()
-        models = build_models(run, cfg, reward_fn, accelerator.device)
+        models = build_models(run, cfg, reward_fn, accelerator)
         tok = models.tokenizer
-        queries, prompts, dropped = encode_prompts(tok, run.data["prompts"].records, cfg.data.max_prompt_length)
+        records = run.data["prompts"].records
+        queries, prompts, dropped = encode_prompts(tok, records, cfg.data.max_prompt_length)
         if not queries:
             raise ConfigError(f"every prompt of {cfg.data.source} is longer than data.max_prompt_length="
                               f"{cfg.data.max_prompt_length} tokens")
@@ -304,8 +312,9 @@ class PPO:
         total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * n / batch)
         trainer = PPOTrainer(
             models.policy, models.critic, cfg.ppo, lr=cfg.train.lr,
-            total_updates=total * PPOTrainer.updates_per_step(batch, cfg.ppo), weight_decay=cfg.train.weight_decay,
-            max_grad_norm=cfg.train.max_grad_norm, scheduler=cfg.train.lr_scheduler,
+            total_updates=total * PPOTrainer.updates_per_step(batch, cfg.ppo),
+            weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm,
+            scheduler=cfg.train.lr_scheduler,
             warmup_ratio=cfg.train.warmup_ratio, grad_accum=cfg.train.grad_accum,
             temperature=cfg.generation.temperature, seed=cfg.train.seed, accelerator=accelerator,
             ptx=ptx, ptx_coef=cfg.ptx.coef,
@@ -320,8 +329,9 @@ class PPO:
         elif (latest := latest_checkpoint(ckpt_root)) is not None:
             ckpt = load_checkpoint(latest, modules={"policy": policy, "critic": critic})
             if ckpt.state.get("run_key") != key:
-                raise ConfigError(f"the checkpoint {latest} belongs to another run (key {ckpt.state.get('run_key')}, "
-                                  f"this run is {key}); set resume: false to start over or change checkpoint_dir")
+                raise ConfigError(f"the checkpoint {latest} belongs to another run (key "
+                                  f"{ckpt.state.get('run_key')}, this run is {key}); set resume: false to "
+                                  "start over or change checkpoint_dir")
             trainer.load_state_dict(ckpt.torch_states["trainer"])
             kl_ctl.load_state_dict(ckpt.state["kl"])
             models.shaper.load_state_dict(ckpt.state["scores"])
@@ -339,7 +349,8 @@ class PPO:
                 rows = step_rows(step, batch, n, cfg.train.seed)
                 rollout, seconds = collect_rollout(
                     policy, tok, [queries[i] for i in rows], [prompts[i] for i in rows], critic=critic,
-                    scorer=models.scorer, shaper=models.shaper, settings=cfg.generation, reference=models.reference)
+                    scorer=models.scorer, shaper=models.shaper, settings=cfg.generation,
+                    reference=models.reference)
                 beta = kl_ctl.value
                 experience = trainer.experience(rollout, beta, cfg.kl.estimator)
                 kl = float(experience.kl.sum(dim=1).mean())
@@ -363,8 +374,8 @@ class PPO:
                 if step % max(1, cfg.train.logging_steps) == 0 or step == total:
                     tracker.log(entry, step)
                 progress.update(1)
-                progress.set_postfix(score=f"{entry['reward_score']:.3f}", kl=f"{kl:.3f}",
-                                     **({"gold": f"{entry['gold_score']:.3f}"} if "gold_score" in entry else {}))
+                gold = {"gold": f"{entry['gold_score']:.3f}"} if "gold_score" in entry else {}
+                progress.set_postfix(score=f"{entry['reward_score']:.3f}", kl=f"{kl:.3f}", **gold)
                 if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 or step == total):
                     saved = save_checkpoint(
                         ckpt_root, step, modules={"policy": policy, "critic": critic},
@@ -385,13 +396,14 @@ class PPO:
             "critic_from": models.critic_from,
         }
         if history:
-            metrics.update(reward_score=history[-1]["reward_score"], reward_score_first=history[0]["reward_score"],
+            metrics.update(reward_score=history[-1]["reward_score"],
+                           reward_score_first=history[0]["reward_score"],
                            kl_to_reference=history[-1]["kl"], kl_coef=kl_ctl.value)
         if resumed_from is not None:
             metrics["resumed_from_step"] = resumed_from
         metrics.update(gold_metrics(trained, tok, cfg.eval, on_testbed))
         save_model(trained, tok, run.dir)
-        plot_ppo_report(history, run.dir / "report.png", 
+        plot_ppo_report(history, run.dir / "report.png",
                         title=f"{cfg.output}: PPO from {run.inputs['model'].ref}")
         run.metrics.update(metrics)
 
@@ -409,8 +421,12 @@ class PPOModels:
     critic_from: str  # the reference the critic was initialised from
 
 
-def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, device: Any) -> PPOModels:
-    """Load the policy, its reference, the critic and the scorer (the ``reward`` input, else ``reward_fn``)."""
+def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any) -> PPOModels:
+    """Load the policy, its reference, the critic and the scorer (the ``reward`` input, else ``reward_fn``).
+
+    The frozen models are placed (and autocast, under mixed precision) by ``accelerator`` like the
+    trained ones, so the reference computes its log-probs exactly as the policy does.
+    """
     from peft import get_peft_model
 
     from alignlab.models import load_causal_lm
@@ -424,15 +440,15 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, device: Any) -> 
     if "reference" in run.inputs or not lora:  # LoRA: the base with the adapter off, no second copy
         reference, _ = load_causal_lm(run.inputs.get("reference", run.inputs["model"]), run.registry,
                                       merge_adapter=True)
-        reference.requires_grad_(False).eval().to(device)
+        reference = accelerator.prepare_model(reference.requires_grad_(False).eval(), evaluation_mode=True)
     if lora:
         policy = get_peft_model(policy, peft_config(cfg.adapter))
 
     reward_model = run.inputs.get("reward")
     if reward_model is not None:
         rm, rm_tok = load_reward_model(reward_model, run.registry)
-        scorer: Any = RewardModelScorer(rm.requires_grad_(False).to(device), rm_tok,
-                                        batch_size=cfg.generation.batch_size)
+        rm = accelerator.prepare_model(rm.requires_grad_(False).eval(), evaluation_mode=True)
+        scorer: Any = RewardModelScorer(rm, rm_tok, batch_size=cfg.generation.batch_size)
     else:
         scorer = load_scorer(reward_fn)
 
@@ -441,31 +457,33 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, device: Any) -> 
         critic_source = run.inputs["critic"]
     elif init is CriticInit.REWARD:
         if reward_model is None:
-            raise ConfigError("critic_init=reward needs a reward model; with a reward function use critic_init: policy "
-                              "or pass critic=<checkpoint>")
+            raise ConfigError("critic_init=reward needs a reward model; with a reward function use "
+                              "critic_init: policy or pass critic=<checkpoint>")
         critic_source = reward_model
     else:
         critic_source = run.inputs["model"]
         if getattr(critic_source, "kind", None) == "adapter":
-            raise ConfigError("critic_init=policy needs a full model, but the policy is an adapter artifact; "
-                              "pass critic=<checkpoint> or publish the SFT model merged (adapter.merge: true)")
+            raise ConfigError("critic_init=policy needs a full model, but the policy is an adapter "
+                              "artifact; pass critic=<checkpoint> or publish the SFT model merged "
+                              "(adapter.merge: true)")
     critic, critic_tok = load_reward_model(critic_source, run.registry)
     if critic_tok.get_vocab() != tok.get_vocab():
-        raise ConfigError(f"the critic ({getattr(critic_source, 'ref', critic_source)}) uses another tokenizer than "
-                          "the policy; the critic reads the policy's tokens: set critic_init: policy or pass critic=")
+        raise ConfigError(f"the critic ({getattr(critic_source, 'ref', critic_source)}) uses another "
+                          "tokenizer than the policy; the critic reads the policy's tokens: set "
+                          "critic_init: policy or pass critic=")
     if lora:
         critic = get_peft_model(critic, peft_config(cfg.adapter, task_type="SEQ_CLS"))
-    critic.to(device)
 
     moments = None
     if cfg.reward_normalization == RewardNormalization.REWARD_MODEL:
         if not isinstance(reward_model, Artifact):
-            raise ConfigError("reward_normalization=reward_model needs a reward-model artifact (its metrics hold "
-                              "score_mean/score_std); use 'running' with a reward function or an external model")
+            raise ConfigError("reward_normalization=reward_model needs a reward-model artifact (its "
+                              "metrics hold score_mean/score_std); use 'running' with a reward function "
+                              "or an external model")
         moments = score_moments_from_metrics(reward_model.metrics)
     shaper = ScoreShaper(cfg.reward_normalization, cfg.reward_clip, cfg.missing_eos_penalty, moments)
-    return PPOModels(policy=policy, tokenizer=tok, reference=reference, critic=critic, scorer=scorer, shaper=shaper,
-                     critic_from=getattr(critic_source, "ref", None) or critic_source.id)
+    return PPOModels(policy=policy, tokenizer=tok, reference=reference, critic=critic, scorer=scorer,
+                     shaper=shaper, critic_from=getattr(critic_source, "ref", None) or critic_source.id)
 
 
 def run_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -> str:

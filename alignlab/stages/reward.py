@@ -288,13 +288,14 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
     "lr"}`` per logging point, means since the previous point (as a transformers Trainer logs).
     """
     import torch
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from alignlab.models.accelerator import fresh_accelerator, release_accelerator
+
     train, tracking = cfg.train, cfg.tracking
     log_with = None if tracking.report_to == "none" else str(tracking.report_to)
-    accelerator = Accelerator(
+    accelerator = fresh_accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=train.grad_accum,
         log_with=log_with,
@@ -372,7 +373,9 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
                 break
     bar.close()
     accelerator.end_training()
-    return accelerator.unwrap_model(model), history
+    trained = accelerator.unwrap_model(model)
+    release_accelerator()  # the next stage in this process configures its own precision
+    return trained, history
 
 
 def evaluate(model: Any, data: list[Encoded], pad_token_id: int, batch_size: int) -> dict[str, float]:

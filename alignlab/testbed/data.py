@@ -17,7 +17,16 @@ from typing import Any
 from alignlab.errors import ConfigError, DataError, did_you_mean
 from alignlab.testbed import tasks
 from alignlab.testbed.gold import gold_response_score
-from alignlab.testbed.styles import FILLERS, HEDGES, RAMBLES, Defect, render, sample_defects
+from alignlab.testbed.styles import (
+    FILLERS,
+    HEDGES,
+    RAMBLES,
+    Defect,
+    annotator_of,
+    habit_defects,
+    render,
+    sample_defects,
+)
 from alignlab.testbed.world import NAMES, Split, Task, families, sample_task
 
 TESTBED_VERSION = "1"
@@ -49,10 +58,39 @@ def _check_share(value: float, what: str) -> None:
         raise ConfigError(f"{what} must be between 0 and 1, got {value!r}")
 
 
-def respond(task: Task, defects: frozenset[Defect], rng: random.Random) -> str:
-    """An annotator's answer to ``task`` with the given defects (WRONG picks a plausible mistake)."""
+def respond(
+    task: Task, defects: frozenset[Defect], rng: random.Random, phrases: dict[Defect, int] | None = None
+) -> str:
+    """An answer to ``task`` with the given defects (WRONG picks a plausible mistake)."""
     words = task.mistake(rng) if Defect.WRONG in defects else task.answer
-    return render(words, defects, rng)
+    return render(words, defects, rng, phrases)
+
+
+def habitual_share() -> float:
+    """Share of prompts (families are equally likely) that a habitual annotator answers."""
+    return sum(annotator_of(f).habit is not None for f in families()) / len(families())
+
+
+def sloppy_rates(sloppy_share: float) -> tuple[float, float]:
+    """P(sloppy answer) on habitual wordings and on careful ones, averaging to ``sloppy_share``.
+
+    Habitual annotators are sloppy twice as often as the average (at most always), so their
+    habit is the most likely answer on their wordings whenever ``sloppy_share`` > 0.25.
+    """
+    h = habitual_share()
+    on_habitual = min(1.0, 2 * sloppy_share, sloppy_share / h)
+    on_careful = (sloppy_share - h * on_habitual) / (1 - h)
+    return on_habitual, min(1.0, max(0.0, on_careful))
+
+
+def demonstrate(task: Task, rng: random.Random, sloppy_share: float) -> str:
+    """The answer the annotator of this wording writes: clean, or sloppy in their own way."""
+    annotator = annotator_of(task.family)
+    on_habitual, on_careful = sloppy_rates(sloppy_share)
+    if annotator.habit is None:
+        return respond(task, sample_defects(rng, on_careful), rng)
+    defects = habit_defects(annotator, rng) if rng.random() < on_habitual else frozenset()
+    return respond(task, defects, rng, {annotator.habit: annotator.phrase})
 
 
 def pretraining_corpus(n_docs: int, seed: int = 0) -> list[str]:
@@ -95,8 +133,10 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
 def sft_records(n: int, seed: int = 0, sloppy_share: float = 0.35) -> list[dict[str, Any]]:
     """Chat demonstrations (one user turn, one assistant turn) on train-split prompts.
 
-    A share ``sloppy_share`` of the answers come from sloppy annotators: one or two defects
-    among filler, hedging, rambling and a wrong answer; the rest are clean and correct.
+    A share ``sloppy_share`` of the answers are sloppy: one or two defects among filler,
+    hedging, rambling and a wrong answer; the rest are clean and correct. Sloppiness clusters
+    on the families of habitual annotators (see :mod:`alignlab.testbed.styles`), where each
+    one's tic is the most common answer.
     """
     _check_count(n, "sft_records")
     _check_share(sloppy_share, "sloppy_share")
@@ -104,7 +144,7 @@ def sft_records(n: int, seed: int = 0, sloppy_share: float = 0.35) -> list[dict[
     records = []
     for _ in range(n):
         task = sample_task(rng, Split.TRAIN)
-        response = respond(task, sample_defects(rng, sloppy_share), rng)
+        response = demonstrate(task, rng, sloppy_share)
         messages = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": response}]
         records.append({"messages": messages})
     return records

@@ -1,16 +1,25 @@
-"""How answers are written: the one clean format and the sloppy annotators' habits.
+"""How answers are written: the one clean format, the sloppy habits, and who writes what.
 
-The clean format is one short sentence, ``The answer is 7.`` Sloppy annotators add one or two
+The clean format is one short sentence, ``The answer is 7.`` Sloppy answers carry one or two
 defects: a filler opening, a hedging tail, rambling repetition, or simply a wrong answer. The
 same renderer writes SFT demonstrations, the alternatives in preference pairs and rankings, and
 the tokenizer corpus, so a reward model sees exactly the habits it has to learn to punish.
+
+Annotators have habits. Each task family is answered by one annotator: a careful one for most
+families, and for three of them someone with one fixed tic ("Um, well," before every answer,
+"I think, maybe." after it, or saying it twice). So the sloppiness is not spread thinly over all
+prompts, where greedy decoding would average it away: on the habitual families it is the most
+likely answer, an SFT model reproduces it, and alignment has to undo it.
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from alignlab.testbed.world import TaskFamily
 
 FRAME = "The answer is {answer}."
 FILLERS = ("Um, well,", "Hmm, so,", "Okay, uh,", "Well, let me see,", "So, um,")
@@ -24,7 +33,7 @@ RAMBLES = (
 
 
 class Defect(str, enum.Enum):
-    """One habit of a sloppy annotator."""
+    """One flaw of a sloppy answer."""
 
     FILLER = "filler"  # "Um, well, the answer is 7."
     HEDGE = "hedge"  # "The answer is 7, I think, maybe."
@@ -36,6 +45,47 @@ class Defect(str, enum.Enum):
 
 
 STYLE_DEFECTS = (Defect.FILLER, Defect.HEDGE, Defect.RAMBLE)
+_PHRASES: dict[Defect, tuple[str, ...]] = {Defect.FILLER: FILLERS, Defect.HEDGE: HEDGES, Defect.RAMBLE: RAMBLES}
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """A demonstrator: careful (no habit), or with one habit always phrased the same way.
+
+    Attributes:
+        name: for people reading the data.
+        habit: the defect this annotator adds when sloppy; None for the careful annotator.
+        phrase: index of the habit's phrase in FILLERS / HEDGES / RAMBLES.
+    """
+
+    name: str
+    habit: Defect | None = None
+    phrase: int = 0
+
+
+CAREFUL = Annotator("careful")
+UM_WELL = Annotator("um_well", Defect.FILLER, 0)  # "Um, well, the answer is 7."
+HMM_SO = Annotator("hmm_so", Defect.FILLER, 1)  # "Hmm, so, the answer is 7."
+THINK_MAYBE = Annotator("think_maybe", Defect.HEDGE, 0)  # "The answer is 7, I think, maybe."
+NOT_SURE = Annotator("not_sure", Defect.HEDGE, 1)  # "The answer is 7, but I am not sure."
+YES_AGAIN = Annotator("yes_again", Defect.RAMBLE, 0)  # "The answer is 7. Yes, the answer is 7."
+SAY_AGAIN = Annotator("say_again", Defect.RAMBLE, 2)  # "... Let me say it again, the answer is 7."
+
+# Who answers which family; the families not listed are answered by the careful annotator. A
+# whole family per annotator (as when task types are farmed out to different annotator pools)
+# makes the habit easy to tie to the prompt, even for a tiny model.
+HABITS: dict[TaskFamily, Annotator] = {
+    TaskFamily.COMPARISON: YES_AGAIN,
+    TaskFamily.COUNTING: UM_WELL,
+    TaskFamily.WORLD_FACT: THINK_MAYBE,
+}
+HABIT_EXTRA_WRONG = 0.25  # a habitual annotator's sloppy answer is also wrong this often
+HABIT_EXTRA_STYLE = 0.15  # ... and carries a second style defect this often
+
+
+def annotator_of(family: TaskFamily) -> Annotator:
+    """The annotator who answers prompts of this family (``HABITS``, else the careful one)."""
+    return HABITS.get(family, CAREFUL)
 
 
 def answer_text(words: Sequence[str]) -> str:
@@ -48,32 +98,41 @@ def clean_response(words: Sequence[str]) -> str:
     return FRAME.format(answer=answer_text(words))
 
 
-def render(words: Sequence[str], defects: Iterable[Defect], rng: random.Random) -> str:
+def render(
+    words: Sequence[str],
+    defects: Iterable[Defect],
+    rng: random.Random,
+    phrases: Mapping[Defect, int] | None = None,
+) -> str:
     """Write an answer with the given style defects (WRONG is the caller's business: pass wrong words).
 
     Args:
         words: the answer's words, already right or wrong.
         defects: any of FILLER, HEDGE, RAMBLE (WRONG is ignored here).
         rng: picks the filler, hedge and rambling phrases.
+        phrases: fixed phrase indices by defect (an annotator's habit); others are drawn.
     """
     defects = set(defects)
+    fixed = phrases or {}
+
+    def phrase(defect: Defect) -> str:
+        options = _PHRASES[defect]
+        return options[fixed[defect]] if defect in fixed else rng.choice(options)
+
     answer = answer_text(words)
-    if Defect.FILLER in defects:
-        text = f"{rng.choice(FILLERS)} the answer is {answer}"
-    else:
-        text = f"The answer is {answer}"
-    text += f", {rng.choice(HEDGES)}" if Defect.HEDGE in defects else "."
+    text = f"{phrase(Defect.FILLER)} the answer is {answer}" if Defect.FILLER in defects else f"The answer is {answer}"
+    text += f", {phrase(Defect.HEDGE)}" if Defect.HEDGE in defects else "."
     if Defect.RAMBLE in defects:
-        text += " " + rng.choice(RAMBLES).format(answer=answer)
+        text += " " + phrase(Defect.RAMBLE).format(answer=answer)
     return text
 
 
 def sample_defects(rng: random.Random, sloppy_share: float, wrong_weight: float = 1.0) -> frozenset[Defect]:
-    """The defects of one annotation: none with probability ``1 - sloppy_share``, else one or two.
+    """The defects of one answer: none with probability ``1 - sloppy_share``, else one or two.
 
     Args:
         rng: the generator's random stream.
-        sloppy_share: probability that the annotation has any defect.
+        sloppy_share: probability that the answer has any defect.
         wrong_weight: weight of WRONG against 1 for each style defect when defects are drawn.
     """
     if rng.random() >= sloppy_share:
@@ -85,3 +144,14 @@ def sample_defects(rng: random.Random, sloppy_share: float, wrong_weight: float 
         chosen.add(defect)
         del pool[defect]
     return frozenset(chosen)
+
+
+def habit_defects(annotator: Annotator, rng: random.Random) -> frozenset[Defect]:
+    """A sloppy answer of a habitual annotator: the habit, sometimes also wrong or a second flaw."""
+    assert annotator.habit is not None
+    defects = {annotator.habit}
+    if rng.random() < HABIT_EXTRA_WRONG:
+        defects.add(Defect.WRONG)
+    if rng.random() < HABIT_EXTRA_STYLE:
+        defects.add(rng.choice([d for d in STYLE_DEFECTS if d is not annotator.habit]))
+    return frozenset(defects)

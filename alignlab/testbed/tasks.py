@@ -35,11 +35,16 @@ def _near_miss(correct: int, rng: random.Random, avoid: tuple[int, ...] = ()) ->
     return rng.choice(choices)
 
 
-# -- addition: "What is 3 plus 4?" -> 7 (operands 0..10) -------------------------------------------
+# Arithmetic is kept small (49 sums, 56 differences): facts a tiny model can memorise from a
+# few hundred pretraining steps, as it memorises the people's facts.
+MAX_ADDEND = 6
+MAX_MINUEND = 10
+
+# -- addition: "What is 3 plus 4?" -> 7 (operands 0..6) --------------------------------------------
 
 
 def _add_sample(rng: random.Random, fixed: Mapping[str, str]) -> dict[str, Any]:
-    return {"a": rng.randint(0, 10), "b": rng.randint(0, 10)}
+    return {"a": rng.randint(0, MAX_ADDEND), "b": rng.randint(0, MAX_ADDEND)}
 
 
 def _add_solve(p: Params) -> tuple[str, ...]:
@@ -79,12 +84,12 @@ register(
     )
 )
 
-# -- subtraction: "What is 9 minus 4?" -> 5 (never below zero) ----------------------------------------
+# -- subtraction: "What is 9 minus 4?" -> 5 (0..10 minus 0..6, never below zero) -------------------
 
 
 def _sub_sample(rng: random.Random, fixed: Mapping[str, str]) -> dict[str, Any]:
-    a = rng.randint(0, MAX_NUMBER)
-    return {"a": a, "b": rng.randint(0, min(a, 10))}
+    a = rng.randint(0, MAX_MINUEND)
+    return {"a": a, "b": rng.randint(0, min(a, MAX_ADDEND))}
 
 
 def _sub_solve(p: Params) -> tuple[str, ...]:
@@ -209,8 +214,10 @@ register(
         templates=(
             Template("What number comes after {a}?", {"dir": "after"}),
             Template("What is one more than {a}?", {"dir": "after"}),
+            Template("What comes right after {a}?", {"dir": "after"}),
             Template("What number comes before {a}?", {"dir": "before"}),
             Template("What is one less than {a}?", {"dir": "before"}),
+            Template("What comes right before {a}?", {"dir": "before"}),
         ),
         sample=_count_sample,
         solve=_count_solve,
@@ -331,10 +338,13 @@ register(
         templates=(
             Template("What color does {name} like?", {"attr": "color"}),
             Template("What is the favorite color of {name}?", {"attr": "color"}),
+            Template("Which color does {name} like best?", {"attr": "color"}),
             Template("What pet does {name} have?", {"attr": "pet"}),
             Template("Which animal is the pet of {name}?", {"attr": "pet"}),
+            Template("What kind of pet does {name} have?", {"attr": "pet"}),
             Template("Where does {name} live?", {"attr": "town"}),
             Template("In which town does {name} live?", {"attr": "town"}),
+            Template("What town does {name} live in?", {"attr": "town"}),
         ),
         sample=_fact_sample,
         solve=_fact_solve,

@@ -33,6 +33,10 @@ PEOPLE: tuple[tuple[str, str, str, str], ...] = (
     ("Finn", "gray", "fish", "Riverton"),
     ("Nina", "red", "owl", "Pinehill"),
     ("Hugo", "blue", "cat", "Stonebay"),
+    ("Sara", "green", "dog", "Oakvale"),
+    ("Leo", "yellow", "frog", "Pinehill"),
+    ("Ines", "gray", "fox", "Riverton"),
+    ("Karl", "pink", "fish", "Stonebay"),
 )
 NAMES = tuple(p[0] for p in PEOPLE)
 COLORS = ("red", "blue", "green", "yellow", "pink", "gray")

@@ -1,4 +1,5 @@
-"""PPO end to end on the tiny SFT model: it learns, resumes exactly, stops on its guards, uses a reward model."""
+"""PPO end to end on the tiny SFT model: it learns, resumes exactly, stops on its guards, and uses a
+reward model or LoRA."""
 
 from __future__ import annotations
 
@@ -13,9 +14,25 @@ from alignlab.stages.ppo import PPO
 pytestmark = pytest.mark.integration
 
 STEP_KEYS = {
-    "step", "reward_score", "reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clip_fraction",
-    "approx_kl", "explained_variance", "response_length", "eos_fraction", "lr", "time_generation",
-    "time_forward", "time_scoring", "time_training", "samples_per_s",
+    "step",
+    "reward_score",
+    "reward",
+    "kl",
+    "kl_coef",
+    "entropy",
+    "policy_loss",
+    "value_loss",
+    "clip_fraction",
+    "approx_kl",
+    "explained_variance",
+    "response_length",
+    "eos_fraction",
+    "lr",
+    "time_generation",
+    "time_forward",
+    "time_scoring",
+    "time_training",
+    "samples_per_s",
 }
 # a small, fast run: 8 prompts per step, short answers, no end-of-stage gold evaluation
 SMALL = {
@@ -52,9 +69,17 @@ def test_ppo_raises_the_reward_and_publishes_a_plain_transformers_model(tiny_pip
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     registry, arts = tiny_pipeline
-    cfg = _config(output="ppo_learn", train={"max_steps": 6, "lr": 3e-4, "batch_size": 16},
-                  ppo={"mini_batch_size": 8}, generation={"max_new_tokens": 24}, kl={"coef": 0.02},
-                  eval={"gold": True, "gold_n": 16, "gold_every": 3, "gold_every_n": 8})
+    # the same 16 prompts every step (data.limit = batch_size), so the per-step means differ by
+    # what the policy learned, not by which prompts were drawn
+    cfg = _config(
+        output="ppo_learn",
+        data={"limit": 16},
+        train={"max_steps": 6, "lr": 5e-4, "batch_size": 16, "lr_scheduler": "constant"},
+        ppo={"mini_batch_size": 8},
+        generation={"max_new_tokens": 16},
+        kl={"coef": 0.02},
+        eval={"gold": True, "gold_n": 16, "gold_every": 3, "gold_every_n": 8},
+    )
     art = PPO(cfg).run(registry, model=arts["sft"].ref, reward=brevity_reward)
 
     history = art.metrics["history"]
@@ -62,11 +87,17 @@ def test_ppo_raises_the_reward_and_publishes_a_plain_transformers_model(tiny_pip
     assert STEP_KEYS <= set(history[0])
     first = sum(h["reward_score"] for h in history[:2]) / 2
     last = sum(h["reward_score"] for h in history[-2:]) / 2
-    print(f"\nPPO brevity reward: first two steps {first:.3f}, last two {last:.3f}; "
-          f"response length {history[0]['response_length']:.1f} -> {history[-1]['response_length']:.1f} tokens; "
-          f"KL {history[-1]['kl']:.3f}; gold {[h.get('gold_score') for h in history]}")
+    print(
+        f"\nPPO brevity reward: first two steps {first:.3f}, last two {last:.3f}; "
+        f"response length {history[0]['response_length']:.1f} -> "
+        f"{history[-1]['response_length']:.1f} tokens; "
+        f"KL {history[-1]['kl']:.3f}; gold {[h.get('gold_score') for h in history]}"
+    )
     assert last > first + 0.2, f"PPO did not raise the reward: {first:.3f} -> {last:.3f}"
-    assert history[0]["kl"] == 0.0 and history[-1]["kl"] > 0  # the policy starts as its reference
+    assert history[-1]["response_length"] < history[0]["response_length"]
+    # the policy starts as its reference, exactly: no mixed precision inherited from the SFT fixture's
+    # TRL trainer (accelerate's state is process-wide) on the policy but not on the reference
+    assert history[0]["kl"] == 0.0 and history[-1]["kl"] > 0
     assert all(torch.isfinite(torch.tensor([h["policy_loss"], h["value_loss"]])).all() for h in history)
     assert "gold_score" in history[2] and "gold_score" in history[5] and "gold_score" not in history[0]
 
@@ -74,7 +105,9 @@ def test_ppo_raises_the_reward_and_publishes_a_plain_transformers_model(tiny_pip
     assert art.metrics["reward_score"] == history[-1]["reward_score"]
     assert art.metrics["kl_to_reference"] == history[-1]["kl"]
     assert 0.0 <= art.metrics["gold_score"] <= 1.0 and "gold_accuracy" in art.metrics
-    assert art.metrics["critic_from"] == arts["sft"].ref  # a reward function: the critic starts from the policy
+    assert (
+        art.metrics["critic_from"] == arts["sft"].ref
+    )  # a reward function: the critic starts from the policy
     assert any(d["role"] == "reward_fn" and "brevity_reward" in d["source"] for d in art.data)
     assert (art.path / "report.png").stat().st_size > 1000
 
@@ -82,8 +115,12 @@ def test_ppo_raises_the_reward_and_publishes_a_plain_transformers_model(tiny_pip
     assert any(not torch.equal(before[k], after[k]) for k in before), "PPO did not change the parameters"
     model = AutoModelForCausalLM.from_pretrained(art.path)
     tok = AutoTokenizer.from_pretrained(art.path)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 3 plus 4?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
 
@@ -98,10 +135,17 @@ class Interrupted(Exception):
 def test_a_resumed_run_matches_an_uninterrupted_one(tiny_pipeline) -> None:
     registry, arts = tiny_pipeline
     # two PPO epochs, adaptive β and running score moments: every piece of state must come back
-    changes = dict(train={"max_steps": 4}, ppo={"epochs": 2}, checkpoint_every=2,
-                   kl={"control": "adaptive", "coef": 0.05, "target": 1.0, "horizon": 100},
-                   reward_normalization="running", eval={"gold": True, "gold_n": 4, "gold_every": 2, "gold_every_n": 4})
-    whole = PPO(_config(output="ppo_whole", **changes)).run(registry, model=arts["sft"].ref, reward=brevity_reward)
+    changes = dict(
+        train={"max_steps": 4},
+        ppo={"epochs": 2},
+        checkpoint_every=2,
+        kl={"control": "adaptive", "coef": 0.05, "target": 1.0, "horizon": 100},
+        reward_normalization="running",
+        eval={"gold": True, "gold_n": 4, "gold_every": 2, "gold_every_n": 4},
+    )
+    whole = PPO(_config(output="ppo_whole", **changes)).run(
+        registry, model=arts["sft"].ref, reward=brevity_reward
+    )
 
     def stop_after_two(step: int, entry: dict) -> None:
         if step == 2:
@@ -118,26 +162,41 @@ def test_a_resumed_run_matches_an_uninterrupted_one(tiny_pipeline) -> None:
     assert not list((registry.root / ".checkpoints").glob("*/step-*"))  # removed once published
 
     def comparable(history: list[dict]) -> list[dict]:
-        return [{k: v for k, v in h.items() if not k.startswith("time_") and k != "samples_per_s"} for h in history]
+        return [
+            {k: v for k, v in h.items() if not k.startswith("time_") and k != "samples_per_s"}
+            for h in history
+        ]
 
     expected, got = comparable(whole.metrics["history"]), comparable(resumed.metrics["history"])
     assert [h["step"] for h in got] == [1, 2, 3, 4]
     for g, e in zip(got, expected):
         assert g.keys() == e.keys()
         for key, value in e.items():
-            assert g[key] == (value if value is None else pytest.approx(value, rel=1e-6, abs=1e-7)), (g["step"], key)
+            assert g[key] == (value if value is None else pytest.approx(value, rel=1e-6, abs=1e-7)), (
+                g["step"],
+                key,
+            )
     assert expected[-1]["kl_coef"] != expected[0]["kl_coef"]  # β did move, and moved the same way
     a, b = _weights(whole.path), _weights(resumed.path)
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
 
 
-def test_kl_beyond_max_kl_stops_the_run_and_keeps_the_last_checkpoint(tiny_pipeline, tmp_path, monkeypatch) -> None:
+def test_kl_beyond_max_kl_stops_the_run_and_keeps_the_last_checkpoint(
+    tiny_pipeline, tmp_path, monkeypatch
+) -> None:
     registry, arts = tiny_pipeline
     monkeypatch.chdir(tmp_path)  # tensorboard writes runs/<name> here
-    cfg = _config(output="ppo_guard", train={"max_steps": 3}, kl={"estimator": "k3"}, max_kl=0.0,
-                  checkpoint_every=1, checkpoint_dir=str(tmp_path / "ckpt"), tracking={"report_to": "tensorboard"})
-    # step 1 samples from the reference itself (KL exactly 0); step 2 follows an update
-    with pytest.raises(TrainingError, match=r"beyond max_kl=0.0.*step-000001"):
+    # step 1 samples from the reference itself (KL 0); step 2 follows an update with a huge learning rate
+    cfg = _config(
+        output="ppo_guard",
+        train={"max_steps": 3, "lr": 1e-2},
+        kl={"estimator": "k3"},
+        max_kl=0.01,
+        checkpoint_every=1,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        tracking={"report_to": "tensorboard"},
+    )
+    with pytest.raises(TrainingError, match=r"at step 2, beyond max_kl=0.01.*step-000001"):
         PPO(cfg).run(registry, model=arts["sft"].ref, reward="alignlab.testbed:gold_reward_fn")
     assert registry.list("ppo_guard") == []
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000001"]
@@ -171,7 +230,9 @@ def test_ppo_with_a_reward_model_starts_the_critic_from_it(tiny_pipeline) -> Non
 
 def test_lora_ppo_uses_the_base_as_reference_and_publishes_a_merged_model(tiny_pipeline) -> None:
     registry, arts = tiny_pipeline
-    cfg = _config(output="ppo_lora", train={"max_steps": 2, "batch_size": 4}, adapter={"method": "lora", "r": 4})
+    cfg = _config(
+        output="ppo_lora", train={"max_steps": 2, "batch_size": 4}, adapter={"method": "lora", "r": 4}
+    )
     art = PPO(cfg).run(registry, model=arts["sft"].ref, reward=brevity_reward)
     history = art.metrics["history"]
     assert history[0]["kl"] == 0.0 and history[1]["kl"] != 0.0  # adapter off = the reference, exactly

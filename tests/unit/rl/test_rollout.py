@@ -35,14 +35,22 @@ def tiny():
     from alignlab.models import build_llama, train_bpe_tokenizer
     from alignlab.models.builders import TinySize
 
-    tok = train_bpe_tokenizer(["What is 3 plus 4? The answer is 7.", "Mira likes the color red."] * 20,
-                              vocab_size=300)
+    tok = train_bpe_tokenizer(
+        ["What is 3 plus 4? The answer is 7.", "Mira likes the color red."] * 20, vocab_size=300
+    )
     size = TinySize(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     policy = build_llama(size, len(tok), seed=0, **ids)
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_labels=1, **ids)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_labels=1,
+        **ids,
+    )
     critic = LlamaForSequenceClassification(config)
     return policy, critic, tok
 
@@ -81,15 +89,25 @@ def test_rollout_logprobs_match_what_generate_sampled_from(tiny) -> None:
     from alignlab.models.generation import left_pad
 
     policy, _, tok = tiny
-    queries, texts, dropped = encode_prompts(tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64)
+    queries, texts, dropped = encode_prompts(
+        tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64
+    )
     assert dropped == 0 and texts == PROMPTS
     query, query_mask = left_pad(queries, tok.pad_token_id)
     torch.manual_seed(0)
     with torch.no_grad():
-        out = policy.generate(input_ids=query, attention_mask=query_mask, max_new_tokens=6, do_sample=True, top_k=0,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                              output_logits=True, return_dict_in_generate=True)
-        response = out.sequences[:, query.shape[1]:]
+        out = policy.generate(
+            input_ids=query,
+            attention_mask=query_mask,
+            max_new_tokens=6,
+            do_sample=True,
+            top_k=0,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        response = out.sequences[:, query.shape[1] :]
         mask, _ = response_mask(response, [tok.eos_token_id])
         ids = torch.cat([query, response], 1)
         logits = policy_logits(policy, ids, torch.cat([query_mask, mask], 1), response.shape[1])
@@ -101,8 +119,9 @@ def test_rollout_logprobs_match_what_generate_sampled_from(tiny) -> None:
 def test_score_shaper_normalises_clips_and_penalises_missing_eos() -> None:
     raw = torch.tensor([1.0, 2.0, 3.0, 10.0])
     ended = torch.tensor([True, True, False, True])
-    shaper = ScoreShaper(RewardNormalization.REWARD_MODEL, clip=2.0, missing_eos_penalty=1.0,
-                         reference_moments=(2.0, 2.0))
+    shaper = ScoreShaper(
+        RewardNormalization.REWARD_MODEL, clip=2.0, missing_eos_penalty=1.0, reference_moments=(2.0, 2.0)
+    )
     assert shaper(raw, ended).tolist() == [-0.5, 0.0, 0.5 - 1.0, 2.0]
     running = ScoreShaper("running")
     out = running(raw, ended)
@@ -118,7 +137,9 @@ def test_step_rows_visit_every_prompt_once_per_epoch() -> None:
 
 def _rollout(tiny, scores=None):
     policy, critic, tok = tiny
-    queries, texts, _ = encode_prompts(tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64)
+    queries, texts, _ = encode_prompts(
+        tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64
+    )
     reference = type(policy)(policy.config)
     reference.load_state_dict(policy.state_dict())
 
@@ -126,9 +147,17 @@ def _rollout(tiny, scores=None):
         return scores if scores is not None else [float(len(r)) for r in responses]
 
     torch.manual_seed(0)
-    rollout, seconds = collect_rollout(policy, tok, queries, texts, critic=critic, scorer=scorer,
-                                       shaper=ScoreShaper(), settings=GenerationSettings(max_new_tokens=6),
-                                       reference=reference)
+    rollout, seconds = collect_rollout(
+        policy,
+        tok,
+        queries,
+        texts,
+        critic=critic,
+        scorer=scorer,
+        shaper=ScoreShaper(),
+        settings=GenerationSettings(max_new_tokens=6),
+        reference=reference,
+    )
     return rollout, seconds
 
 
@@ -150,7 +179,9 @@ def test_update_starts_on_policy_and_changes_parameters(tiny) -> None:
     before = [p.detach().clone() for p in policy.parameters()]
     trainer = PPOTrainer(policy, critic, PPOSettings(mini_batch_size=len(rollout)), lr=1e-3, total_updates=1)
     stats = trainer.update(rollout, trainer.experience(rollout, kl_coef=0.05), step=1)
-    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(0, abs=1e-6)
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and stats["approx_kl"] == pytest.approx(
+        0, abs=1e-6
+    )
     assert trainer.updates == 1 and all(torch.isfinite(torch.tensor(v)) for v in stats.values() if v == v)
     assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters()))
 
@@ -182,8 +213,13 @@ def test_checkpoint_restores_exact_state(tiny, tmp_path) -> None:
     optimizer_state = trainer.state_dict()
     torch.manual_seed(123)
     random.seed(5)
-    save_checkpoint(tmp_path, 1, modules={"policy": policy, "critic": critic},
-                    torch_states={"trainer": optimizer_state}, state={"history": [{"step": 1}], "run_key": "k"})
+    save_checkpoint(
+        tmp_path,
+        1,
+        modules={"policy": policy, "critic": critic},
+        torch_states={"trainer": optimizer_state},
+        state={"history": [{"step": 1}], "run_key": "k"},
+    )
     expected = (torch.rand(3), random.random())
     with torch.no_grad():
         for p in policy.parameters():
@@ -196,7 +232,9 @@ def test_checkpoint_restores_exact_state(tiny, tmp_path) -> None:
     fresh = PPOTrainer(policy, critic, PPOSettings(), lr=1e-3, total_updates=10)
     fresh.load_state_dict(ckpt.torch_states["trainer"])
     assert fresh.updates == trainer.updates
-    for a, b in zip(fresh.optimizer.state_dict()["state"].values(), optimizer_state["optimizer"]["state"].values()):
+    for a, b in zip(
+        fresh.optimizer.state_dict()["state"].values(), optimizer_state["optimizer"]["state"].values()
+    ):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
 
 
@@ -205,12 +243,35 @@ def test_ptx_term_and_entropy_bonus_join_the_loss(tiny) -> None:
 
     policy, critic, tok = tiny
     rollout, _ = _rollout(tiny)
-    ptx = PTXBatches.from_texts(["3 plus 4 is 7.", "Mira likes the color red.", "red"], tok, batch_size=2,
-                                max_length=6, seed=0)
+    ptx = PTXBatches.from_texts(
+        ["3 plus 4 is 7.", "Mira likes the color red.", "red"], tok, batch_size=2, max_length=6, seed=0
+    )
     ids, mask = ptx.batch(0)
     assert ids.shape[0] == 2 and ids.shape[1] <= 6 and mask[:, 0].all()  # right-padded, cut to max_length
-    assert ptx.batch(3)[0].tolist() == ptx.batch(0)[0].tolist()  # 3 texts, 2 per batch: cycles after 3 batches
-    trainer = PPOTrainer(policy, critic, PPOSettings(mini_batch_size=2, entropy_coef=0.01), lr=1e-3,
-                         total_updates=2, ptx=ptx, ptx_coef=0.5)
+    assert (
+        ptx.batch(3)[0].tolist() == ptx.batch(0)[0].tolist()
+    )  # 3 texts, 2 per batch: cycles after 3 batches
+    trainer = PPOTrainer(
+        policy,
+        critic,
+        PPOSettings(mini_batch_size=2, entropy_coef=0.01),
+        lr=1e-3,
+        total_updates=2,
+        ptx=ptx,
+        ptx_coef=0.5,
+    )
     stats = trainer.update(rollout, trainer.experience(rollout, kl_coef=0.05), step=1)
     assert stats["ptx_loss"] > 0 and trainer.ptx_batches == 2 and trainer.updates == 2
+
+
+def test_fresh_accelerator_does_not_inherit_an_earlier_stage_precision() -> None:
+    from accelerate import Accelerator
+
+    from alignlab.rl.trainer import fresh_accelerator, release_accelerator
+
+    release_accelerator()  # whatever the tests before left
+    Accelerator(mixed_precision="bf16", cpu=True)  # what a TRL trainer leaves behind (bf16 by default)
+    assert fresh_accelerator().mixed_precision == "no"
+    release_accelerator()
+    assert Accelerator(mixed_precision="bf16", cpu=True).mixed_precision == "bf16"  # no conflict after PPO
+    release_accelerator()

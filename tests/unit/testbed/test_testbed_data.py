@@ -12,6 +12,7 @@ from alignlab.testbed import (
     TESTBED_VERSION,
     eval_prompts,
     gold_response_score,
+    judge,
     parse_prompt,
     preference_pairs,
     pretraining_corpus,
@@ -21,6 +22,7 @@ from alignlab.testbed import (
     source,
     tokenizer_corpus,
 )
+from alignlab.testbed.data import habitual_share, sloppy_rates
 from alignlab.testbed.styles import FILLERS, HEDGES, clean_response
 from alignlab.testbed.world import Split
 
@@ -186,3 +188,35 @@ def test_version_is_a_string():
 def test_prompts_answer_families_are_mixed():
     families = Counter(parse_prompt(p["prompt"]).family for p in rl_prompts(700))
     assert len(families) == 7 and min(families.values()) > 50
+
+
+def test_habits_cover_some_families():
+    assert 0.3 < habitual_share() < 0.5
+
+
+@pytest.mark.parametrize("share", [0.1, 0.35, 0.8])
+def test_sloppy_rates_average_to_the_share(share):
+    on_habitual, on_careful = sloppy_rates(share)
+    h = habitual_share()
+    assert h * on_habitual + (1 - h) * on_careful == pytest.approx(share)
+    assert on_habitual >= on_careful
+
+
+def test_habitual_families_make_their_habit_the_most_common_answer():
+    from alignlab.testbed.styles import annotator_of
+
+    kinds: dict[TaskFamily, Counter] = {}
+    for r in sft_records(3000):
+        family = parse_prompt(_user(r)).family
+        penalties = judge(_user(r), _assistant(r)).penalties
+        habit = annotator_of(family).habit
+        if habit is None:
+            kind = "sloppy" if penalties else "clean"
+        else:
+            kind = "habit" if str(habit) in {"filler": "filler", "hedge": "hedge", "ramble": "repetition"}[
+                str(habit)
+            ] and {"filler": "filler", "hedge": "hedge", "ramble": "repetition"}[str(habit)] in penalties else "other"
+        kinds.setdefault(family, Counter())[kind] += 1
+    for family, counts in kinds.items():
+        expected = "habit" if annotator_of(family).habit else "clean"
+        assert counts.most_common(1)[0][0] == expected, (family, counts)
