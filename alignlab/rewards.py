@@ -7,16 +7,17 @@ or as an import path ``"package.module:function"`` in YAML (``py:`` prefix optio
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
-from alignlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from alignlab.registry import Artifact, ExternalRef, Registry
+from alignlab.errors import ConfigError, ReferenceNotFound
+from alignlab.registry import Artifact, ExternalRef, Registry
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -129,4 +130,83 @@ def is_import_path(ref: str) -> bool:
     return bool(sep) and attr.isidentifier() and "." in module and "/" not in module
 
 
-_looks_like_import_path = is_import_path  # old private name, still imported by stages
+
+
+# ---- the `reward` input of a stage: an artifact or a function ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardFunctionSource:
+    """A reward function as a source of the run (``Artifact.data``), like a data file: named by its
+    import path and fingerprinted by its code, so editing the function invalidates reuse."""
+
+    source: str  # "py:module:qualname"
+    fingerprint: str
+    records: tuple[()] = ()
+    artifact: None = None
+
+
+@dataclass(frozen=True)
+class RewardInput:
+    """A resolved ``reward`` input: exactly one of ``target`` (a reward model) or ``fn``."""
+
+    target: Artifact | ExternalRef | None = None
+    fn: RewardFn | None = None
+    source: RewardFunctionSource | None = None
+
+    def scorer(self, registry: Registry) -> Scorer:
+        if self.fn is not None:
+            return load_scorer(self.fn)
+        assert self.target is not None
+        return load_scorer(self.target.id if isinstance(self.target, Artifact) else self.target.ref, registry)
+
+
+def function_source(fn: Callable[..., Any]) -> RewardFunctionSource:
+    """Name and fingerprint of a reward function: its import path, its source code, and the state it
+    carries (closure cells and defaults of a function, ``repr`` of the object of a method or of a
+    callable object). A default ``repr`` holds a memory address, so an object without a ``__repr__``
+    of its own is never reused across processes: safe, as its state is unknown."""
+    code_of = fn.__func__ if inspect.ismethod(fn) else fn if inspect.isfunction(fn) else type(fn)
+    path = f"py:{code_of.__module__}:{code_of.__qualname__}"
+    try:
+        code = inspect.getsource(code_of)
+    except (OSError, TypeError):  # built in, or defined where the source is not on disk
+        code = ""
+    if inspect.isfunction(fn):
+        cells = [c.cell_contents for c in fn.__closure__ or () if c.cell_contents is not fn]
+        state = repr((fn.__defaults__, fn.__kwdefaults__, cells))
+    else:
+        state = repr(getattr(fn, "__self__", fn))
+    digest = hashlib.sha256(f"{path}\n{code}\n{state}".encode()).hexdigest()[:16]
+    return RewardFunctionSource(path, digest)
+
+
+def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None) -> RewardInput:
+    """Resolve the ``reward`` input before anything runs: a reward-model reference, an import path
+    ``"package.module:function"`` (``py:`` prefix optional) or a callable.
+
+    Raises:
+        ConfigError: no reward, an import path that does not import, or an artifact that is not a
+            reward model. ReferenceNotFound: a reference the registry does not know.
+    """
+    if reward is None or (isinstance(reward, str) and not reward.strip()):
+        raise ConfigError("input 'reward' is required: pass reward=REWARD_MODEL_REF, a reward function, or "
+                          "'package.module:function' (e.g. reward='alignlab.testbed:gold_reward_fn')")
+    if isinstance(reward, str) and is_import_path(reward):
+        reward = import_reward_fn(reward)
+    if callable(reward) and not isinstance(reward, (str, Artifact)):
+        return RewardInput(fn=reward, source=function_source(reward))
+    try:
+        target = registry.resolve(reward)
+    except ReferenceNotFound as err:
+        raise ReferenceNotFound(f"reward: {err} (a reward function is given as 'package.module:function')") from err
+    if isinstance(target, Artifact) and target.kind != "reward_model":
+        raise ConfigError(f"reward: {target.ref} is a {target.kind} artifact, not a reward model; pass a "
+                          "reward_model artifact (stage reward_model) or a reward function")
+    return RewardInput(target=target)
+
+
+def prompt_text(prompt: list[dict[str, Any]]) -> str:
+    """What a scorer sees of a chat prompt: its last user turn (scorers take plain strings)."""
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else ""

@@ -293,8 +293,8 @@ def best_of_n_eval(
     from alignlab.data import load_records
     from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes
     from alignlab.models import load_causal_lm
-    from alignlab.rewards import load_scorer
-    from alignlab.stages.rejection import SamplingGroup, prompt_text, sample_and_score
+    from alignlab.rewards import load_scorer, prompt_text
+    from alignlab.stages.rejection import SamplingGroup, sample_and_score
 
     sizes = curve_sizes(n)
     chats = [

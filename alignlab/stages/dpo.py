@@ -410,7 +410,6 @@ class DPO:
 
 def _make_trainer(cfg: DPOConfig, model: Any, reference: Any, tok: Any, dataset: Any, peft: Any) -> Any:
     """TRL's DPOTrainer, or its experimental CPOTrainer for the reference-free losses."""
-    import torch
 
     loss_args = cfg.loss_type.trl_args(cfg.resolved_beta, cfg.label_smoothing, cfg.simpo_gamma,
                                        cfg.rpo_alpha)
@@ -418,8 +417,6 @@ def _make_trainer(cfg: DPOConfig, model: Any, reference: Any, tok: Any, dataset:
         **hf_training_args(cfg.train, cfg.tracking, cfg.output),
         max_length=cfg.data.max_length,
         dataset_num_proc=None,
-        # TRL turns bf16 on by default, also on CPU, where autocast makes the summed log-probs too coarse
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         **loss_args,
     )
     if cfg.loss_type.needs_reference_model:

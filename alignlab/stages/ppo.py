@@ -33,13 +33,13 @@ from typing import Any
 from alignlab.config import load_config, to_dict
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.registry import Artifact, Registry, fingerprint
+from alignlab.rewards import resolve_reward
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
 from alignlab.rl.normalization import RewardNormalization, score_moments_from_metrics
 from alignlab.rl.rollout import GenerationSettings, ScoreShaper
 from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.rejection import resolve_reward
 from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")

@@ -127,8 +127,17 @@ def hf_training_args(train: TrainGroup, tracking: TrackingGroup, run_name: str, 
         # off by default: on small models recomputation costs more than the memory it saves
         # (TRL turns it on by default); the distributed group turns it on for large models
         gradient_checkpointing=False,
+        # TRL's configs turn bf16 on by default, even on CPU (autocast there silently); use it only
+        # where the GPU supports it
+        bf16=_bf16_supported(),
         **extra,
     )
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def _has_accelerator() -> bool:

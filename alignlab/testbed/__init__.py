@@ -4,7 +4,7 @@ It is the embedded default that makes every stage of the pipeline measurable on 
 with nothing downloaded: tiny models are pretrained, fine-tuned and aligned on it, and whether
 alignment worked is read off one number, the gold score, going up.
 
-The world is small and fixed: eight people (Mira, Tomas, ...) with a favourite color, a pet and
+The world is small and fixed: twelve people (Mira, Tomas, ...) with a favourite color, a pet and
 a town; words for lists (colors, pets, fruits); numbers 0 to 20. Seven task families ask about
 it — addition, subtraction, comparison, counting, picking a word from a list, reversing a list,
 and facts about the people. Every prompt has one correct answer, computable from its text.

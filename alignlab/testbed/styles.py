@@ -45,7 +45,11 @@ class Defect(str, enum.Enum):
 
 
 STYLE_DEFECTS = (Defect.FILLER, Defect.HEDGE, Defect.RAMBLE)
-_PHRASES: dict[Defect, tuple[str, ...]] = {Defect.FILLER: FILLERS, Defect.HEDGE: HEDGES, Defect.RAMBLE: RAMBLES}
+_PHRASES: dict[Defect, tuple[str, ...]] = {
+    Defect.FILLER: FILLERS,
+    Defect.HEDGE: HEDGES,
+    Defect.RAMBLE: RAMBLES,
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,11 @@ def render(
         return options[fixed[defect]] if defect in fixed else rng.choice(options)
 
     answer = answer_text(words)
-    text = f"{phrase(Defect.FILLER)} the answer is {answer}" if Defect.FILLER in defects else f"The answer is {answer}"
+    text = (
+        f"{phrase(Defect.FILLER)} the answer is {answer}"
+        if Defect.FILLER in defects
+        else f"The answer is {answer}"
+    )
     text += f", {phrase(Defect.HEDGE)}" if Defect.HEDGE in defects else "."
     if Defect.RAMBLE in defects:
         text += " " + phrase(Defect.RAMBLE).format(answer=answer)

@@ -10,6 +10,7 @@ import pytest
 from alignlab.errors import ConfigError, DataError
 from alignlab.testbed import (
     TESTBED_VERSION,
+    TaskFamily,
     eval_prompts,
     gold_response_score,
     judge,
@@ -23,7 +24,7 @@ from alignlab.testbed import (
     tokenizer_corpus,
 )
 from alignlab.testbed.data import habitual_share, sloppy_rates
-from alignlab.testbed.styles import FILLERS, HEDGES, clean_response
+from alignlab.testbed.styles import FILLERS, HEDGES, Defect, annotator_of, clean_response
 from alignlab.testbed.world import Split
 
 
@@ -203,8 +204,7 @@ def test_sloppy_rates_average_to_the_share(share):
 
 
 def test_habitual_families_make_their_habit_the_most_common_answer():
-    from alignlab.testbed.styles import annotator_of
-
+    penalty_of = {Defect.FILLER: "filler", Defect.HEDGE: "hedge", Defect.RAMBLE: "repetition"}
     kinds: dict[TaskFamily, Counter] = {}
     for r in sft_records(3000):
         family = parse_prompt(_user(r)).family
@@ -213,10 +213,9 @@ def test_habitual_families_make_their_habit_the_most_common_answer():
         if habit is None:
             kind = "sloppy" if penalties else "clean"
         else:
-            kind = "habit" if str(habit) in {"filler": "filler", "hedge": "hedge", "ramble": "repetition"}[
-                str(habit)
-            ] and {"filler": "filler", "hedge": "hedge", "ramble": "repetition"}[str(habit)] in penalties else "other"
+            kind = "habit" if penalty_of[habit] in penalties else "other"
         kinds.setdefault(family, Counter())[kind] += 1
+    assert len(kinds) == len(TaskFamily)
     for family, counts in kinds.items():
         expected = "habit" if annotator_of(family).habit else "clean"
         assert counts.most_common(1)[0][0] == expected, (family, counts)
