@@ -5,7 +5,8 @@ import pytest
 
 from alignlab.errors import ConfigError
 from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes, expected_max, plot_best_of_n
-from alignlab.stages.rejection import function_source, resolve_reward, select_best
+from alignlab.rewards import function_source, resolve_reward
+from alignlab.stages.rejection import select_best
 
 
 def brute_force(scores, n):
