@@ -10,16 +10,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from alignlab.errors import AlignlabError
+from alignlab.commands import Handler, friendly_errors
 from alignlab.registry import Registry, format_lineage
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,7 +43,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, parents=[registry_opt])
-        p.set_defaults(func=_friendly_errors(handler))
+        p.set_defaults(func=friendly_errors(handler))
         return p
 
     p = command("list", _list, "list artifacts, sorted by name then version")
@@ -78,22 +74,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="H",
         help="only staging folders untouched for H hours (default: 1)",
     )
-    parser.set_defaults(func=_friendly_errors(_list), name=None, json=False)  # bare `artifacts` lists
+    parser.set_defaults(func=friendly_errors(_list), name=None, json=False)  # bare `artifacts` lists
     return parser
 
-
-def _friendly_errors(handler: Handler) -> Handler:
-    """AlignlabError -> its message on stderr and exit code 2, without a traceback."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except AlignlabError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _registry(args: argparse.Namespace) -> Registry:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from alignlab.commands.artifacts import _friendly_errors
+from alignlab.commands import friendly_errors
 from alignlab.data.cleaning import record_text
 from alignlab.data.formats import (
     AUTO,
@@ -73,7 +73,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="read only the first N records")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--registry", metavar="PATH", default=None, help=registry_help)
-    p.set_defaults(func=_friendly_errors(_inspect))
+    p.set_defaults(func=friendly_errors(_inspect))
 
     writable = [name for name, spec in FORMATS.items() if spec.write is not None]
     p = sub.add_parser(
@@ -88,7 +88,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="skip records that cannot be converted (reported on stderr) instead of stopping",
     )
-    p.set_defaults(func=_friendly_errors(_convert))
+    p.set_defaults(func=friendly_errors(_convert))
 
     p = sub.add_parser("prepare", help="clean and mix raw data by a YAML config; publish a dataset artifact")
     p.add_argument("config", metavar="CONFIG.yaml", help="a PrepareConfig in YAML (see recipes/data/)")
@@ -97,7 +97,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--force", action="store_true", help="run even if an artifact with the same fingerprint exists"
     )
     p.add_argument("--registry", metavar="PATH", default=None, help=registry_help)
-    p.set_defaults(func=_friendly_errors(_prepare))
+    p.set_defaults(func=friendly_errors(_prepare))
 
     parser.set_defaults(func=lambda args: _usage(parser))
     return parser

@@ -16,31 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alignlab.errors import AlignlabError
+from alignlab.commands import Handler, friendly_errors
 from alignlab.registry import Artifact, Registry
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def friendly_errors(handler: Handler) -> Handler:
-    """AlignlabError -> its message on stderr and exit code 2, without a traceback."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except AlignlabError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

@@ -10,15 +10,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from alignlab.errors import AlignlabError
-
-Handler = Callable[[argparse.Namespace], int]
+from alignlab.commands import friendly_errors
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -79,22 +75,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="ppo: reward model and critic (default: --model)",
     )
     p.add_argument("--json", action="store_true", help="print the plan and the configurations as JSON")
-    p.set_defaults(func=_friendly_errors(_plan))
+    p.set_defaults(func=friendly_errors(_plan))
     return p
 
-
-def _friendly_errors(handler: Handler) -> Handler:
-    """AlignlabError -> its message on stderr and exit code 2, without a traceback."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except AlignlabError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from alignlab.commands.eval import friendly_errors
+from alignlab.commands import friendly_errors
 from alignlab.registry import Registry
 
 
