@@ -20,10 +20,12 @@ from alignlab.errors import AlignlabError, ConfigError
 
 def setup_logging(verbose: bool = False) -> None:
     """alignlab logs to the console through rich; transformers stays quiet unless verbose."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+    # logs go to stderr, so that what a command prints (a path, JSON) can be piped
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
     logging.getLogger("alignlab").setLevel(logging.DEBUG if verbose else logging.INFO)
     import transformers
 

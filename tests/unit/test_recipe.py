@@ -85,3 +85,14 @@ def test_missing_recipe_file(tmp_path):
 def test_stage_inputs_come_from_run_signatures():
     assert stage_inputs(STAGES["sft"]) == ["model"]
     assert stage_inputs(STAGES["tiny_base"]) == []
+
+
+def test_cli_logs_go_to_stderr_not_stdout(capsys):
+    import logging
+
+    from alignlab.cli import setup_logging
+
+    setup_logging()
+    logging.getLogger("alignlab").info("a log line")
+    out, err = capsys.readouterr()
+    assert "a log line" not in out and "a log line" in err
