@@ -25,7 +25,9 @@ def setup_logging(verbose: bool = False) -> None:
 
     # logs go to stderr, so that what a command prints (a path, JSON) can be piped
     handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True
+    )
     logging.getLogger("alignlab").setLevel(logging.DEBUG if verbose else logging.INFO)
     import transformers
 
@@ -51,8 +53,15 @@ def print_results(results: Sequence[Any], title: str) -> None:
         table.add_column(col)
     for r in results:
         m = r.artifact.metrics
-        table.add_row(r.entry, r.stage, r.artifact.ref, fmt(m.get("gold_score")), fmt(m.get("gold_accuracy")),
-                      fmt(m.get("kl_to_reference")), "reused" if r.reused else f"{r.seconds:.0f}s")
+        table.add_row(
+            r.entry,
+            r.stage,
+            r.artifact.ref,
+            fmt(m.get("gold_score")),
+            fmt(m.get("gold_accuracy")),
+            fmt(m.get("kl_to_reference")),
+            "reused" if r.reused else f"{r.seconds:.0f}s",
+        )
     Console().print(table)
 
 
@@ -61,8 +70,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alignlab.recipe import load_recipe, plan, run_recipe
 
     if needs_launch(args.nproc, args.hostfile):
-        command = build_launch_command(args.recipe, args.nproc, args.hostfile, args.launcher,
-                                       run_args=run_args_from(args), verbose=args.verbose)
+        command = build_launch_command(
+            args.recipe,
+            args.nproc,
+            args.hostfile,
+            args.launcher,
+            run_args=run_args_from(args),
+            verbose=args.verbose,
+        )
         return launch(command)
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -85,7 +100,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if args.name not in STAGES:
         from alignlab.errors import did_you_mean
 
-        raise ConfigError(f"unknown stage {args.name!r}{did_you_mean(args.name, STAGES)}; stages: {', '.join(STAGES)}")
+        raise ConfigError(
+            f"unknown stage {args.name!r}{did_you_mean(args.name, STAGES)}; stages: {', '.join(STAGES)}"
+        )
     cls = STAGES[args.name]
     raw: dict[str, Any] = {}
     if args.config:
@@ -124,24 +141,47 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe (YAML) end to end")
     run.add_argument("recipe", help="path to a recipe YAML")
     run.add_argument("overrides", nargs="*", help="ENTRY.key.path=value, or *.key=value for every entry")
-    run.add_argument("--force", nargs="*", metavar="ENTRY",
-                     help="retrain instead of reusing: all entries, or the named ones")
+    run.add_argument(
+        "--force",
+        nargs="*",
+        metavar="ENTRY",
+        help="retrain instead of reusing: all entries, or the named ones",
+    )
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
-    run.add_argument("--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)")
-    run.add_argument("--nproc", type=int, default=None, metavar="N",
-                     help="processes (GPUs) per machine; more than 1 relaunches through --launcher (docs/scaling.md)")
-    run.add_argument("--hostfile", default=None, metavar="FILE",
-                     help="several machines: a DeepSpeed hostfile, one 'hostname slots=N' per line")
-    run.add_argument("--launcher", default=None, choices=["torchrun", "deepspeed", "accelerate"],
-                     help="default: torchrun on one machine, deepspeed with --hostfile")
+    run.add_argument(
+        "--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)"
+    )
+    run.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes (GPUs) per machine; more than 1 relaunches through --launcher (docs/scaling.md)",
+    )
+    run.add_argument(
+        "--hostfile",
+        default=None,
+        metavar="FILE",
+        help="several machines: a DeepSpeed hostfile, one 'hostname slots=N' per line",
+    )
+    run.add_argument(
+        "--launcher",
+        default=None,
+        choices=["torchrun", "deepspeed", "accelerate"],
+        help="default: torchrun on one machine, deepspeed with --hostfile",
+    )
     run.set_defaults(func=cmd_run)
 
     stage = sub.add_parser("stage", help="run one stage")
     stage.add_argument("name", help="stage name: tiny_base, pretrain, sft, ...")
     stage.add_argument("--config", help="YAML with the stage's settings (and optionally 'inputs')")
-    stage.add_argument("overrides", nargs="*", help="key.path=value, or ROLE=REFERENCE for an input (model=sft)")
+    stage.add_argument(
+        "overrides", nargs="*", help="key.path=value, or ROLE=REFERENCE for an input (model=sft)"
+    )
     stage.add_argument("--force", action="store_true", help="retrain even if an identical artifact exists")
-    stage.add_argument("--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)")
+    stage.add_argument(
+        "--registry", default=None, help="registry folder (default: $ALIGNLAB_HOME or ./artifacts)"
+    )
     stage.set_defaults(func=cmd_stage)
 
     from alignlab.commands import artifacts, data, plan, report

@@ -38,7 +38,9 @@ def load_config(cls: type[T], data: Mapping[str, Any] | T | None = None, where: 
     if isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(
+            f"{where or cls.__name__}: expected a mapping of settings, got {type(data).__name__}"
+        )
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}

@@ -72,7 +72,9 @@ class Recipe:
         for e in self.entries:
             if e.name == name:
                 return e
-        raise ConfigError(f"{self.path}: no entry named {name!r}{did_you_mean(name, [e.name for e in self.entries])}")
+        raise ConfigError(
+            f"{self.path}: no entry named {name!r}{did_you_mean(name, [e.name for e in self.entries])}"
+        )
 
 
 @dataclass
@@ -106,7 +108,9 @@ def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) 
                 f"entries: {', '.join(map(str, by_name))}"
             )
         if not rest:
-            raise ConfigError(f"override {item!r} must name a setting inside the entry, e.g. {head}.train.lr=1e-4")
+            raise ConfigError(
+                f"override {item!r} must name a setting inside the entry, e.g. {head}.train.lr=1e-4"
+            )
         for entry in targets:
             if rest[0] == "inputs":
                 set_path(entry, rest, value)
@@ -123,7 +127,9 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
     unknown = set(raw) - {"name", "description", "stages"}
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"{where}: unknown top-level key {key!r}{did_you_mean(key, ['name', 'description', 'stages'])}")
+        raise ConfigError(
+            f"{where}: unknown top-level key {key!r}{did_you_mean(key, ['name', 'description', 'stages'])}"
+        )
     raw = _apply_overrides(raw, overrides, where)
     stages = raw.get("stages")
     if not isinstance(stages, list) or not stages:
@@ -144,8 +150,10 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
             raise ConfigError(f"{at}: entry name {name!r} is used twice")
         at = f"{where}: stages[{i}] ({name})"
         if stage not in STAGES:
-            raise ConfigError(f"{at}: unknown stage {stage!r}{did_you_mean(str(stage), STAGES)}; "
-                              f"stages: {', '.join(STAGES)}")
+            raise ConfigError(
+                f"{at}: unknown stage {stage!r}{did_you_mean(str(stage), STAGES)}; "
+                f"stages: {', '.join(STAGES)}"
+            )
         cls = STAGES[stage]
         inputs = item.get("inputs") or {}
         if not isinstance(inputs, dict):
@@ -153,17 +161,25 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
         roles = stage_inputs(cls)
         for role, ref in inputs.items():
             if role not in roles:
-                raise ConfigError(f"{at}.inputs: stage {stage!r} takes no input {role!r}"
-                                  f"{did_you_mean(role, roles)}; inputs: {', '.join(roles) or 'none'}")
+                raise ConfigError(
+                    f"{at}.inputs: stage {stage!r} takes no input {role!r}"
+                    f"{did_you_mean(role, roles)}; inputs: {', '.join(roles) or 'none'}"
+                )
             if not isinstance(ref, str) or not ref:
                 raise ConfigError(f"{at}.inputs.{role}: expected a reference string, got {ref!r}")
         config = dict(item.get("config") or {})
         config.setdefault("output", name)
         runner = cls(load_config(cls.config_cls, config, where=f"{at}.config"))
-        entries.append(Entry(name=name, stage=stage, inputs={k: str(v) for k, v in inputs.items()}, runner=runner))
+        entries.append(
+            Entry(name=name, stage=stage, inputs={k: str(v) for k, v in inputs.items()}, runner=runner)
+        )
         seen.add(name)
-    return Recipe(name=str(raw.get("name") or Path(where).stem), entries=entries, path=where,
-                  description=str(raw.get("description") or ""))
+    return Recipe(
+        name=str(raw.get("name") or Path(where).stem),
+        entries=entries,
+        path=where,
+        description=str(raw.get("description") or ""),
+    )
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -188,8 +204,13 @@ def plan(recipe: Recipe) -> list[str]:
     return lines
 
 
-def run_recipe(recipe: Recipe, registry: Registry | None = None, *, force: bool | Sequence[str] = False,
-               dry_run: bool = False) -> list[StageResult]:
+def run_recipe(
+    recipe: Recipe,
+    registry: Registry | None = None,
+    *,
+    force: bool | Sequence[str] = False,
+    dry_run: bool = False,
+) -> list[StageResult]:
     """Run the entries in order; an input naming an earlier entry gets that entry's artifact.
 
     Args:
@@ -215,6 +236,11 @@ def run_recipe(recipe: Recipe, registry: Registry | None = None, *, force: bool 
         seconds = time.perf_counter() - started
         produced[e.name] = artifact
         results.append(StageResult(e.name, e.stage, artifact, seconds, reused=artifact.id in before))
-        log.info("%s -> %s (%s, %.1fs)", e.name, artifact.ref, "reused" if artifact.id in before else "trained",
-                 seconds)
+        log.info(
+            "%s -> %s (%s, %.1fs)",
+            e.name,
+            artifact.ref,
+            "reused" if artifact.id in before else "trained",
+            seconds,
+        )
     return results

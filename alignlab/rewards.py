@@ -51,7 +51,9 @@ class FunctionScorer:
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         scores = [float(s) for s in self.fn(list(prompts), list(responses))]
         if len(scores) != len(responses):
-            raise ConfigError(f"reward function {self.name} returned {len(scores)} scores for {len(responses)} responses")
+            raise ConfigError(
+                f"reward function {self.name} returned {len(scores)} scores for {len(responses)} responses"
+            )
         if not all(torch.isfinite(torch.tensor(scores))):
             raise ConfigError(f"reward function {self.name} returned a non-finite score")
         return scores
@@ -83,15 +85,27 @@ class RewardModelScorer:
         texts = self.texts(prompts, responses)
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                   truncation=True, max_length=self.max_length, add_special_tokens=False)
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            )
             out = self.model(**{k: v.to(device) for k, v in batch.items()}).logits  # (B, 1)
             scores.extend(out[:, 0].float().tolist())
         return scores
 
 
-def load_reward_model(ref: str | Artifact | ExternalRef, registry: Registry | None = None, *,
-                      trust_remote_code: bool = False, dtype: Any = None, **model_kwargs: Any):
+def load_reward_model(
+    ref: str | Artifact | ExternalRef,
+    registry: Registry | None = None,
+    *,
+    trust_remote_code: bool = False,
+    dtype: Any = None,
+    **model_kwargs: Any,
+):
     """Load ``(model, tokenizer)`` of a reward model (AutoModelForSequenceClassification, 1 label).
 
     ``model_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config`` for QLoRA).
@@ -102,20 +116,29 @@ def load_reward_model(ref: str | Artifact | ExternalRef, registry: Registry | No
 
     target = resolve(ref, registry)
     tokenizer = load_tokenizer(target, registry, trust_remote_code=trust_remote_code)
-    model = _from_pretrained(AutoModelForSequenceClassification, model_location(target),
-                             trust_remote_code=trust_remote_code, dtype=dtype, num_labels=1, **model_kwargs)
+    model = _from_pretrained(
+        AutoModelForSequenceClassification,
+        model_location(target),
+        trust_remote_code=trust_remote_code,
+        dtype=dtype,
+        num_labels=1,
+        **model_kwargs,
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def load_scorer(reward: str | RewardFn | Any, registry: Registry | None = None, *,
-                batch_size: int = 32) -> Scorer:
+def load_scorer(
+    reward: str | RewardFn | Any, registry: Registry | None = None, *, batch_size: int = 32
+) -> Scorer:
     """A scorer from a reward-model reference, an import path, or a callable."""
     if callable(reward) and not isinstance(reward, str):
         return FunctionScorer(reward)
     if not isinstance(reward, str) or not reward:
-        raise ConfigError(f"reward must be a reward-model reference, 'module:function' or a callable, got {reward!r}")
+        raise ConfigError(
+            f"reward must be a reward-model reference, 'module:function' or a callable, got {reward!r}"
+        )
     if is_import_path(reward):
         return FunctionScorer(import_reward_fn(reward), name=reward)
     model, tok = load_reward_model(reward, registry)
@@ -128,8 +151,6 @@ def is_import_path(ref: str) -> bool:
         return True
     module, sep, attr = ref.partition(":")
     return bool(sep) and attr.isidentifier() and "." in module and "/" not in module
-
-
 
 
 # ---- the `reward` input of a stage: an artifact or a function ------------------------------------------------------
@@ -190,8 +211,10 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
             reward model. ReferenceNotFound: a reference the registry does not know.
     """
     if reward is None or (isinstance(reward, str) and not reward.strip()):
-        raise ConfigError("input 'reward' is required: pass reward=REWARD_MODEL_REF, a reward function, or "
-                          "'package.module:function' (e.g. reward='alignlab.testbed:gold_reward_fn')")
+        raise ConfigError(
+            "input 'reward' is required: pass reward=REWARD_MODEL_REF, a reward function, or "
+            "'package.module:function' (e.g. reward='alignlab.testbed:gold_reward_fn')"
+        )
     if isinstance(reward, str) and is_import_path(reward):
         reward = import_reward_fn(reward)
     if callable(reward) and not isinstance(reward, (str, Artifact)):
@@ -199,10 +222,14 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
     try:
         target = registry.resolve(reward)
     except ReferenceNotFound as err:
-        raise ReferenceNotFound(f"reward: {err} (a reward function is given as 'package.module:function')") from err
+        raise ReferenceNotFound(
+            f"reward: {err} (a reward function is given as 'package.module:function')"
+        ) from err
     if isinstance(target, Artifact) and target.kind != "reward_model":
-        raise ConfigError(f"reward: {target.ref} is a {target.kind} artifact, not a reward model; pass a "
-                          "reward_model artifact (stage reward_model) or a reward function")
+        raise ConfigError(
+            f"reward: {target.ref} is a {target.kind} artifact, not a reward model; pass a "
+            "reward_model artifact (stage reward_model) or a reward function"
+        )
     return RewardInput(target=target)
 
 

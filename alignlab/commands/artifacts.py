@@ -78,7 +78,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-
 def _registry(args: argparse.Namespace) -> Registry:
     return Registry(getattr(args, "registry", None))
 

@@ -79,7 +79,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-
 def _plan(args: argparse.Namespace) -> int:
     from alignlab.distributed.planner import Setup, configurations, min_gpus, plan, resolve_model
 

@@ -46,7 +46,9 @@ def expected_max(scores: Sequence[float], n: int) -> float:
     return sum(s * (comb(i, n - 1) / total) for i, s in enumerate(ordered))
 
 
-def best_of_n_curve(scores: Sequence[Sequence[float]], sizes: Sequence[int] | None = None) -> dict[int, float]:
+def best_of_n_curve(
+    scores: Sequence[Sequence[float]], sizes: Sequence[int] | None = None
+) -> dict[int, float]:
     """Mean over prompts of the expected best-of-N score, for each N in ``sizes``.
 
     Args:
@@ -65,8 +67,9 @@ def best_of_n_curve(scores: Sequence[Sequence[float]], sizes: Sequence[int] | No
     return {n: sum(expected_max(row, n) for row in scores) / len(scores) for n in sizes}
 
 
-def plot_best_of_n(curves: Mapping[str, Mapping[int | str, float]], path: str | Path,
-                   title: str = "best of N") -> Path:
+def plot_best_of_n(
+    curves: Mapping[str, Mapping[int | str, float]], path: str | Path, title: str = "best of N"
+) -> Path:
     """Plot one or more best-of-N curves (label -> {N: value}) to a PNG; returns the path.
 
     Uses matplotlib's Agg canvas directly, so no GUI backend and no global pyplot state.

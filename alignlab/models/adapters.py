@@ -21,7 +21,8 @@ def check_qlora_available() -> None:
     if missing:
         raise ConfigError(
             "adapter.method=qlora loads the base in 4-bit NF4 with bitsandbytes, which needs "
-            + " and ".join(missing) + ". Use adapter.method=lora on this machine."
+            + " and ".join(missing)
+            + ". Use adapter.method=lora on this machine."
         )
 
 
@@ -33,10 +34,14 @@ def quantization_kwargs(adapter: AdapterGroup) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
-    return {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )}
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    }
 
 
 def peft_config(adapter: AdapterGroup, task_type: str = "CAUSAL_LM") -> Any | None:
@@ -51,7 +56,10 @@ def peft_config(adapter: AdapterGroup, task_type: str = "CAUSAL_LM") -> Any | No
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=adapter.num_virtual_tokens)
     targets = adapter.target_modules
     return LoraConfig(
-        task_type=task_type, r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+        task_type=task_type,
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
         target_modules=targets[0] if targets == ["all-linear"] else list(targets),
     )
 

@@ -29,8 +29,9 @@ TINY_SIZES: dict[str, TinySize] = {
 }
 
 
-def build_llama(size: TinySize, vocab_size: int, *, bos_token_id: int, eos_token_id: int,
-                pad_token_id: int, seed: int = 0) -> LlamaForCausalLM:
+def build_llama(
+    size: TinySize, vocab_size: int, *, bos_token_id: int, eos_token_id: int, pad_token_id: int, seed: int = 0
+) -> LlamaForCausalLM:
     """A randomly initialised LlamaForCausalLM of the given shape (deterministic given seed)."""
     import torch
 

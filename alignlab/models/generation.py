@@ -19,8 +19,9 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Messages]) -> list[li
     """Chat-template each prompt (with the assistant generation prompt) into token ids."""
     out = []
     for p in prompts:
-        ids = tokenizer.apply_chat_template(as_messages(p), add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            as_messages(p), add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         out.append(list(ids))
     return out
 
@@ -32,15 +33,25 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
         if s:
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids, mask
 
 
 @torch.inference_mode()
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str | Messages], *, max_new_tokens: int = 48,
-             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32,
-             seed: int | None = None, progress: bool = False) -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Messages],
+    *,
+    max_new_tokens: int = 48,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    seed: int | None = None,
+    progress: bool = False,
+) -> list[str]:
     """Generate one assistant response per prompt; returns decoded text without special tokens.
 
     Example:
@@ -58,16 +69,23 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str | Messages], *, m
     responses: list[str] = []
     starts = range(0, len(encoded), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-        ids, mask = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id)
+        ids, mask = left_pad(encoded[start : start + batch_size], tokenizer.pad_token_id)
         # top_k=0: sample from the full distribution (transformers' default would keep the top 50)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {
-            "do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            if do_sample
+            else {"do_sample": False}
+        )
         out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
             **sampling,
         )
-        new_tokens = out[:, ids.shape[1]:]
+        new_tokens = out[:, ids.shape[1] :]
         responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     if was_training:
         model.train()

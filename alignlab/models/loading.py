@@ -31,8 +31,9 @@ def model_location(target: Artifact | ExternalRef) -> str:
     return str(target.path) if hasattr(target, "path") else target.location
 
 
-def _from_pretrained(auto_cls: Any, location: str, *, trust_remote_code: bool, dtype: Any = None,
-                     **kwargs: Any) -> Any:
+def _from_pretrained(
+    auto_cls: Any, location: str, *, trust_remote_code: bool, dtype: Any = None, **kwargs: Any
+) -> Any:
     try:
         return auto_cls.from_pretrained(
             location, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype, **kwargs
@@ -44,8 +45,9 @@ def _from_pretrained(auto_cls: Any, location: str, *, trust_remote_code: bool, d
         ) from err
 
 
-def load_tokenizer(ref: str | Artifact | ExternalRef, registry: Registry | None = None, *,
-                   trust_remote_code: bool = False):
+def load_tokenizer(
+    ref: str | Artifact | ExternalRef, registry: Registry | None = None, *, trust_remote_code: bool = False
+):
     """The tokenizer stored beside a model (for an adapter: beside the adapter, else its base)."""
     from transformers import AutoTokenizer
 
@@ -70,9 +72,15 @@ def _adapter_base(target: Artifact, registry: Registry | None) -> str:
     return base if not base.startswith(("hf:", "path:")) else base.split(":", 1)[1]
 
 
-def load_causal_lm(ref: str | Artifact | ExternalRef, registry: Registry | None = None, *,
-                   trust_remote_code: bool = False, dtype: Any = None, merge_adapter: bool = False,
-                   **model_kwargs: Any):
+def load_causal_lm(
+    ref: str | Artifact | ExternalRef,
+    registry: Registry | None = None,
+    *,
+    trust_remote_code: bool = False,
+    dtype: Any = None,
+    merge_adapter: bool = False,
+    **model_kwargs: Any,
+):
     """Load ``(model, tokenizer)`` for a causal LM reference.
 
     An adapter artifact is composed with its base (its parent); ``merge_adapter`` folds it in.
@@ -89,14 +97,24 @@ def load_causal_lm(ref: str | Artifact | ExternalRef, registry: Registry | None 
     if getattr(target, "kind", None) == "adapter":
         from peft import PeftModel
 
-        base, _ = load_causal_lm(_adapter_base(target, registry), registry,
-                                 trust_remote_code=trust_remote_code, dtype=dtype, **model_kwargs)
+        base, _ = load_causal_lm(
+            _adapter_base(target, registry),
+            registry,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            **model_kwargs,
+        )
         model = PeftModel.from_pretrained(base, str(target.path))
         if merge_adapter:
             model = model.merge_and_unload()
         return model, tokenizer
-    model = _from_pretrained(AutoModelForCausalLM, model_location(target),
-                             trust_remote_code=trust_remote_code, dtype=dtype, **model_kwargs)
+    model = _from_pretrained(
+        AutoModelForCausalLM,
+        model_location(target),
+        trust_remote_code=trust_remote_code,
+        dtype=dtype,
+        **model_kwargs,
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -64,12 +64,27 @@ class TinyBase:
             from alignlab.models import save_model, tiny_llama, train_bpe_tokenizer
 
             tok = train_bpe_tokenizer((r["text"] for r in text.records), vocab_size=cfg.vocab_size)
-            model = tiny_llama(cfg.size, len(tok), bos_token_id=tok.bos_token_id,
-                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seed=cfg.seed)
+            model = tiny_llama(
+                cfg.size,
+                len(tok),
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                seed=cfg.seed,
+            )
             save_model(model, tok, run.dir)
             run.metrics["parameters"] = sum(p.numel() for p in model.parameters())
             run.metrics["vocab_size"] = len(tok)
             run.metrics.update(gold_metrics(model, tok, cfg.eval, on_testbed=True))
 
-        return run_stage(stage=self.name, name=cfg.output, kind="model", config=cfg, registry=registry,
-                         inputs={}, data={"tokenizer": text}, force=force, body=body)
+        return run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind="model",
+            config=cfg,
+            registry=registry,
+            inputs={},
+            data={"tokenizer": text},
+            force=force,
+            body=body,
+        )

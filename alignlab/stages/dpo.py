@@ -89,8 +89,13 @@ class DPOLossType(StrEnum):
     def uses_label_smoothing(self) -> bool:
         return self.spec.default_label_smoothing is not None
 
-    def trl_args(self, beta: float, label_smoothing: float | None = None, simpo_gamma: float = 1.0,
-                 rpo_alpha: float = 1.0) -> dict[str, Any]:
+    def trl_args(
+        self,
+        beta: float,
+        label_smoothing: float | None = None,
+        simpo_gamma: float = 1.0,
+        rpo_alpha: float = 1.0,
+    ) -> dict[str, Any]:
         """The loss fields of TRL's ``DPOConfig`` (or ``CPOConfig`` for reference-free losses)."""
         eps = self.spec.default_label_smoothing if label_smoothing is None else label_smoothing
         if self is DPOLossType.RPO:
@@ -100,8 +105,12 @@ class DPOLossType(StrEnum):
         if self is DPOLossType.CPO:
             return {"loss_type": "sigmoid", "beta": beta, "cpo_alpha": 1.0}
         if self is DPOLossType.CONSERVATIVE:
-            return {"loss_type": ["sigmoid", "robust"], "loss_weights": [1.0 + 2.0 * eps, -2.0 * eps],
-                    "label_smoothing": _CDPO_ROBUST_EPS, "beta": beta}
+            return {
+                "loss_type": ["sigmoid", "robust"],
+                "loss_weights": [1.0 + 2.0 * eps, -2.0 * eps],
+                "label_smoothing": _CDPO_ROBUST_EPS,
+                "beta": beta,
+            }
         return {"loss_type": [self.spec.trl], "beta": beta, "label_smoothing": eps or 0.0}
 
 
@@ -109,10 +118,12 @@ _LOSSES: dict[DPOLossType, _LossSpec] = {
     DPOLossType.SIGMOID: _LossSpec("sigmoid", "Rafailov et al. 2023, arXiv:2305.18290"),
     DPOLossType.IPO: _LossSpec("ipo", "Azar et al. 2023, arXiv:2310.12036"),
     DPOLossType.HINGE: _LossSpec("hinge", "Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425"),
-    DPOLossType.CONSERVATIVE: _LossSpec("sigmoid", "Mitchell 2023, 'A note on DPO with noisy preferences'",
-                                        default_label_smoothing=0.1),
-    DPOLossType.ROBUST: _LossSpec("robust", "Chowdhury et al. 2024, arXiv:2403.00409",
-                                  default_label_smoothing=0.1),
+    DPOLossType.CONSERVATIVE: _LossSpec(
+        "sigmoid", "Mitchell 2023, 'A note on DPO with noisy preferences'", default_label_smoothing=0.1
+    ),
+    DPOLossType.ROBUST: _LossSpec(
+        "robust", "Chowdhury et al. 2024, arXiv:2403.00409", default_label_smoothing=0.1
+    ),
     DPOLossType.EXO: _LossSpec("exo_pair", "Ji et al. 2024, arXiv:2402.00856", default_label_smoothing=1e-3),
     DPOLossType.NCA: _LossSpec("nca_pair", "Chen et al. 2024, arXiv:2402.05369"),
     DPOLossType.BCO: _LossSpec("bco_pair", "Jung et al. 2024, arXiv:2404.04656"),
@@ -122,8 +133,9 @@ _LOSSES: dict[DPOLossType, _LossSpec] = {
     DPOLossType.DISCOPOP: _LossSpec("discopop", "Chris Lu et al. 2024, arXiv:2406.08414"),
     DPOLossType.SIGMOID_NORM: _LossSpec("sigmoid_norm", "DPO with length-normalised log-ratios (TRL)"),
     DPOLossType.RPO: _LossSpec("sigmoid", "Pang et al. 2024, arXiv:2404.19733"),
-    DPOLossType.SIMPO: _LossSpec("simpo", "Meng et al. 2024, arXiv:2405.14734", reference_free=True,
-                                 default_beta=2.0),
+    DPOLossType.SIMPO: _LossSpec(
+        "simpo", "Meng et al. 2024, arXiv:2405.14734", reference_free=True, default_beta=2.0
+    ),
     DPOLossType.CPO: _LossSpec("sigmoid", "Xu et al. 2024, arXiv:2401.08417", reference_free=True),
 }
 assert set(_LOSSES) == set(DPOLossType), "every DPOLossType needs exactly one _LossSpec"
@@ -193,8 +205,9 @@ class DPOConfig:
 
     output: str = "dpo"
     data: DPOData = field(default_factory=DPOData)
-    train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=1.0, lr=1e-4, batch_size=16,
-                                                                 logging_steps=5))
+    train: TrainGroup = field(
+        default_factory=lambda: TrainGroup(epochs=1.0, lr=1e-4, batch_size=16, logging_steps=5)
+    )
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     loss_type: DPOLossType = DPOLossType.SIGMOID
     beta: float | None = None
@@ -237,11 +250,18 @@ def preference_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     "chosen": [assistant message], "rejected": [assistant message]}``, so TRL renders the pairs with
     the same chat template as SFT. ``margin`` is not used by these losses and is dropped.
     """
+
     def turn(text: str) -> list[dict[str, str]]:
         return [{"role": "assistant", "content": text}]
 
-    return [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["prompt"]],
-             "chosen": turn(r["chosen"]), "rejected": turn(r["rejected"])} for r in records]
+    return [
+        {
+            "prompt": [{"role": m["role"], "content": m["content"]} for m in r["prompt"]],
+            "chosen": turn(r["chosen"]),
+            "rejected": turn(r["rejected"]),
+        }
+        for r in records
+    ]
 
 
 def _response_logprobs(model: Any, sequences: Any, attention_mask: Any, n_response: int) -> Any:
@@ -251,12 +271,19 @@ def _response_logprobs(model: Any, sequences: Any, attention_mask: Any, n_respon
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # as generate() numbers left-padded rows
     logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids).logits
     # negative slicing: prompt-tuning adapters prepend virtual tokens to the logits
-    return logprobs_from_logits(logits[:, -(n_response + 1):-1], sequences[:, -n_response:])
+    return logprobs_from_logits(logits[:, -(n_response + 1) : -1], sequences[:, -n_response:])
 
 
-def kl_to_reference(policy: Any, tokenizer: Any, prompts: Sequence[str | list[dict[str, Any]]],
-                    reference: Any | None = None, *, max_new_tokens: int = 32, seed: int = 0,
-                    batch_size: int = 32) -> dict[str, float]:
+def kl_to_reference(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | list[dict[str, Any]]],
+    reference: Any | None = None,
+    *,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, float]:
     """Monte-Carlo estimate of the sequence-level KL(π ‖ π_ref) on ``prompts``.
 
     For each prompt x one response y ~ π(·|x) is sampled (temperature 1, no top-k/top-p, up to and
@@ -289,12 +316,21 @@ def kl_to_reference(policy: Any, tokenizer: Any, prompts: Sequence[str | list[di
     encoded = encode_prompts(tokenizer, prompts)
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
-            ids, mask = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id)
+            ids, mask = left_pad(encoded[start : start + batch_size], tokenizer.pad_token_id)
             ids, mask = ids.to(device), mask.to(device)
-            out = policy.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                  do_sample=True, temperature=1.0, top_k=0, top_p=1.0, use_cache=True,
-                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            response = out[:, ids.shape[1]:]  # (B, R)
+            out = policy.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            response = out[:, ids.shape[1] :]  # (B, R)
             is_eos = (response == tokenizer.eos_token_id).long()
             resp_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # tokens up to and including the first EOS
             full_mask = torch.cat([mask, resp_mask], dim=1)
@@ -306,12 +342,19 @@ def kl_to_reference(policy: Any, tokenizer: Any, prompts: Sequence[str | list[di
             lengths.append(resp_mask.sum(-1).float())
     if was_training:
         policy.train()
-    return {"kl_to_reference": torch.cat(k1).mean().item(), "kl_to_reference_k3": torch.cat(k3).mean().item(),
-            "kl_response_tokens": torch.cat(lengths).mean().item()}
+    return {
+        "kl_to_reference": torch.cat(k1).mean().item(),
+        "kl_to_reference_k3": torch.cat(k3).mean().item(),
+        "kl_response_tokens": torch.cat(lengths).mean().item(),
+    }
 
 
-_REWARD_KEYS = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",
-                "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected"}
+_REWARD_KEYS = {
+    "rewards/accuracies": "reward_accuracy",
+    "rewards/margins": "reward_margin",
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+}
 
 
 def reward_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -347,7 +390,9 @@ class DPO:
     def __init__(self, config: DPOConfig | dict | None = None) -> None:
         self.config = load_config(DPOConfig, config)
 
-    def run(self, registry: Registry | None = None, *, model: str | None = None, force: bool = False) -> Artifact:
+    def run(
+        self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
+    ) -> Artifact:
         from alignlab.data import load_records
         from alignlab.models.adapters import publishes_adapter, quantization_kwargs
 
@@ -355,12 +400,26 @@ class DPO:
         registry = registry or Registry()
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         inputs = resolve_inputs(registry, {"model": model}, required=("model",))
-        pairs = load_records(cfg.data.source, kind="preference", registry=registry, format=cfg.data.format,
-                             strict=cfg.data.strict, limit=cfg.data.limit)
+        pairs = load_records(
+            cfg.data.source,
+            kind="preference",
+            registry=registry,
+            format=cfg.data.format,
+            strict=cfg.data.strict,
+            limit=cfg.data.limit,
+        )
         kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
-        return run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
-                         inputs=inputs, data={"train": pairs}, force=force,
-                         body=lambda run: self._train(run, cfg))
+        return run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind=kind,
+            config=cfg,
+            registry=registry,
+            inputs=inputs,
+            data={"train": pairs},
+            force=force,
+            body=lambda run: self._train(run, cfg),
+        )
 
     def _train(self, run: StageRun, cfg: DPOConfig) -> None:
         from datasets import Dataset
@@ -369,7 +428,9 @@ class DPO:
         from alignlab.models.adapters import finalize, peft_config, quantization_kwargs
 
         source = run.inputs["model"]
-        model, tok = load_causal_lm(source, run.registry, merge_adapter=True, **quantization_kwargs(cfg.adapter))
+        model, tok = load_causal_lm(
+            source, run.registry, merge_adapter=True, **quantization_kwargs(cfg.adapter)
+        )
         peft = peft_config(cfg.adapter)
         # full fine-tuning needs a frozen copy; with an adapter, the adapter-free policy is the reference
         reference = None
@@ -383,16 +444,28 @@ class DPO:
         metrics = log_history_metrics(history)
         losses = [h["loss"] for h in history if "loss" in h]
         if not losses or not all(math.isfinite(x) for x in losses):
-            raise TrainingError(f"dpo: the training loss is not finite ({losses[-3:]}); lower train.lr or beta")
+            raise TrainingError(
+                f"dpo: the training loss is not finite ({losses[-3:]}); lower train.lr or beta"
+            )
         metrics.update(reward_metrics(history))
         metrics["beta"] = cfg.resolved_beta
-        metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        metrics["trainable_parameters"] = sum(
+            p.numel() for p in trainer.model.parameters() if p.requires_grad
+        )
         policy = trainer.model
         if cfg.kl.n:
             if reference is None and peft is None:  # reference-free full fine-tune: load it only now
                 reference, _ = load_causal_lm(source, run.registry, merge_adapter=True)
-            metrics.update(kl_to_reference(policy, tok, self._kl_prompts(run, cfg), reference,
-                                           max_new_tokens=cfg.kl.max_new_tokens, seed=cfg.kl.seed))
+            metrics.update(
+                kl_to_reference(
+                    policy,
+                    tok,
+                    self._kl_prompts(run, cfg),
+                    reference,
+                    max_new_tokens=cfg.kl.max_new_tokens,
+                    seed=cfg.kl.seed,
+                )
+            )
             log.info("dpo: KL to reference %.3f nats/response", metrics["kl_to_reference"])
         trained = finalize(policy, cfg.adapter)
         metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
@@ -405,14 +478,13 @@ class DPO:
             from alignlab.testbed import eval_prompts
 
             return list(eval_prompts(cfg.kl.n))
-        return [r["prompt"] for r in run.data["train"].records[:cfg.kl.n]]
+        return [r["prompt"] for r in run.data["train"].records[: cfg.kl.n]]
 
 
 def _make_trainer(cfg: DPOConfig, model: Any, reference: Any, tok: Any, dataset: Any, peft: Any) -> Any:
     """TRL's DPOTrainer, or its experimental CPOTrainer for the reference-free losses."""
 
-    loss_args = cfg.loss_type.trl_args(cfg.resolved_beta, cfg.label_smoothing, cfg.simpo_gamma,
-                                       cfg.rpo_alpha)
+    loss_args = cfg.loss_type.trl_args(cfg.resolved_beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha)
     common = dict(
         **hf_training_args(cfg.train, cfg.tracking, cfg.output),
         max_length=cfg.data.max_length,
@@ -423,8 +495,14 @@ def _make_trainer(cfg: DPOConfig, model: Any, reference: Any, tok: Any, dataset:
         from trl import DPOConfig as TRLDPOConfig
         from trl import DPOTrainer
 
-        return DPOTrainer(model=model, ref_model=reference, args=TRLDPOConfig(**common), train_dataset=dataset,
-                          processing_class=tok, peft_config=peft)
+        return DPOTrainer(
+            model=model,
+            ref_model=reference,
+            args=TRLDPOConfig(**common),
+            train_dataset=dataset,
+            processing_class=tok,
+            peft_config=peft,
+        )
     with _quiet_experimental():
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 

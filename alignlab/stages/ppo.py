@@ -221,13 +221,22 @@ class PPO:
     name = "ppo"
     config_cls = PPOConfig
 
-    def __init__(self, config: PPOConfig | dict | None = None, *,
-                 callbacks: Sequence[StepCallback] = ()) -> None:
+    def __init__(
+        self, config: PPOConfig | dict | None = None, *, callbacks: Sequence[StepCallback] = ()
+    ) -> None:
         self.config = load_config(PPOConfig, config)
         self.callbacks = list(callbacks)
 
-    def run(self, registry: Registry | None = None, *, model: str | None = None, reward: Any = None,
-            critic: str | None = None, reference: str | None = None, force: bool = False) -> Artifact:
+    def run(
+        self,
+        registry: Registry | None = None,
+        *,
+        model: str | None = None,
+        reward: Any = None,
+        critic: str | None = None,
+        reference: str | None = None,
+        force: bool = False,
+    ) -> Artifact:
         """Train and publish the policy.
 
         Args:
@@ -249,13 +258,21 @@ class PPO:
             raise ConfigError("adapter.method=prompt_tuning is not supported by PPO; use lora or full")
         quantization_kwargs(cfg.adapter)
         scored_by = resolve_reward(registry, reward)  # a reward-model input, or a function (a data source)
-        inputs = resolve_inputs(registry, {"model": model, "critic": critic, "reference": reference},
-                                required=("model",))
+        inputs = resolve_inputs(
+            registry, {"model": model, "critic": critic, "reference": reference}, required=("model",)
+        )
         if scored_by.target is not None:
             inputs["reward"] = scored_by.target
-        data: dict[str, Any] = {"prompts": load_records(cfg.data.source, kind="prompt", registry=registry,
-                                                        format=cfg.data.format, strict=cfg.data.strict,
-                                                        limit=cfg.data.limit)}
+        data: dict[str, Any] = {
+            "prompts": load_records(
+                cfg.data.source,
+                kind="prompt",
+                registry=registry,
+                format=cfg.data.format,
+                strict=cfg.data.strict,
+                limit=cfg.data.limit,
+            )
+        }
         if cfg.ptx.source:
             data["ptx"] = load_records(cfg.ptx.source, kind="text", registry=registry, limit=cfg.ptx.limit)
         if scored_by.source is not None:
@@ -263,9 +280,17 @@ class PPO:
         key = run_key(cfg, inputs, data)
         ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
         kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
-        artifact = run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
-                             inputs=inputs, data=data, force=force,
-                             body=lambda run: self._train(run, cfg, scored_by.fn, key, ckpt_root))
+        artifact = run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind=kind,
+            config=cfg,
+            registry=registry,
+            inputs=inputs,
+            data=data,
+            force=force,
+            body=lambda run: self._train(run, cfg, scored_by.fn, key, ckpt_root),
+        )
         remove_checkpoints(ckpt_root)  # published: nothing left to resume
         return artifact
 
@@ -277,8 +302,9 @@ class PPO:
         finally:
             release_accelerator()
 
-    def _train_with(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path,
-                    accelerator: Any) -> None:
+    def _train_with(
+        self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path, accelerator: Any
+    ) -> None:
         from accelerate.utils import set_seed
 
         from alignlab.eval.ppo_report import plot_ppo_report, progress_bar, step_entry
@@ -301,23 +327,37 @@ class PPO:
         records = run.data["prompts"].records
         queries, prompts, dropped = encode_prompts(tok, records, cfg.data.max_prompt_length)
         if not queries:
-            raise ConfigError(f"every prompt of {cfg.data.source} is longer than data.max_prompt_length="
-                              f"{cfg.data.max_prompt_length} tokens")
+            raise ConfigError(
+                f"every prompt of {cfg.data.source} is longer than data.max_prompt_length="
+                f"{cfg.data.max_prompt_length} tokens"
+            )
         ptx = None
         if "ptx" in run.data:
-            ptx = PTXBatches.from_texts([r["text"] for r in run.data["ptx"].records], tok,
-                                        batch_size=cfg.ptx.batch_size, max_length=cfg.ptx.max_length,
-                                        seed=cfg.train.seed)
+            ptx = PTXBatches.from_texts(
+                [r["text"] for r in run.data["ptx"].records],
+                tok,
+                batch_size=cfg.ptx.batch_size,
+                max_length=cfg.ptx.max_length,
+                seed=cfg.train.seed,
+            )
         n, batch = len(queries), cfg.train.batch_size
         total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * n / batch)
         trainer = PPOTrainer(
-            models.policy, models.critic, cfg.ppo, lr=cfg.train.lr,
+            models.policy,
+            models.critic,
+            cfg.ppo,
+            lr=cfg.train.lr,
             total_updates=total * PPOTrainer.updates_per_step(batch, cfg.ppo),
-            weight_decay=cfg.train.weight_decay, max_grad_norm=cfg.train.max_grad_norm,
+            weight_decay=cfg.train.weight_decay,
+            max_grad_norm=cfg.train.max_grad_norm,
             scheduler=cfg.train.lr_scheduler,
-            warmup_ratio=cfg.train.warmup_ratio, grad_accum=cfg.train.grad_accum,
-            temperature=cfg.generation.temperature, seed=cfg.train.seed, accelerator=accelerator,
-            ptx=ptx, ptx_coef=cfg.ptx.coef,
+            warmup_ratio=cfg.train.warmup_ratio,
+            grad_accum=cfg.train.grad_accum,
+            temperature=cfg.generation.temperature,
+            seed=cfg.train.seed,
+            accelerator=accelerator,
+            ptx=ptx,
+            ptx_coef=cfg.ptx.coef,
         )
         policy = accelerator.unwrap_model(trainer.policy)
         critic = accelerator.unwrap_model(trainer.critic)
@@ -329,9 +369,11 @@ class PPO:
         elif (latest := latest_checkpoint(ckpt_root)) is not None:
             ckpt = load_checkpoint(latest, modules={"policy": policy, "critic": critic})
             if ckpt.state.get("run_key") != key:
-                raise ConfigError(f"the checkpoint {latest} belongs to another run (key "
-                                  f"{ckpt.state.get('run_key')}, this run is {key}); set resume: false to "
-                                  "start over or change checkpoint_dir")
+                raise ConfigError(
+                    f"the checkpoint {latest} belongs to another run (key "
+                    f"{ckpt.state.get('run_key')}, this run is {key}); set resume: false to "
+                    "start over or change checkpoint_dir"
+                )
             trainer.load_state_dict(ckpt.torch_states["trainer"])
             kl_ctl.load_state_dict(ckpt.state["kl"])
             models.shaper.load_state_dict(ckpt.state["scores"])
@@ -340,17 +382,28 @@ class PPO:
             log.info("ppo: resuming from %s (step %d of %d)", latest, start, total)
 
         on_testbed = uses_testbed(cfg.data.source)
-        tracker = Tracker.create(cfg.tracking, cfg.output, config=cfg,
-                                 inputs={role: getattr(t, "ref", t.id) for role, t in run.inputs.items()})
+        tracker = Tracker.create(
+            cfg.tracking,
+            cfg.output,
+            config=cfg,
+            inputs={role: getattr(t, "ref", t.id) for role, t in run.inputs.items()},
+        )
         progress = progress_bar(start, total)
         try:
             for step in range(start + 1, total + 1):
                 started = time.perf_counter()
                 rows = step_rows(step, batch, n, cfg.train.seed)
                 rollout, seconds = collect_rollout(
-                    policy, tok, [queries[i] for i in rows], [prompts[i] for i in rows], critic=critic,
-                    scorer=models.scorer, shaper=models.shaper, settings=cfg.generation,
-                    reference=models.reference)
+                    policy,
+                    tok,
+                    [queries[i] for i in rows],
+                    [prompts[i] for i in rows],
+                    critic=critic,
+                    scorer=models.scorer,
+                    shaper=models.shaper,
+                    settings=cfg.generation,
+                    reference=models.reference,
+                )
                 beta = kl_ctl.value
                 experience = trainer.experience(rollout, beta, cfg.kl.estimator)
                 kl = float(experience.kl.sum(dim=1).mean())
@@ -358,7 +411,8 @@ class PPO:
                 if not math.isfinite(kl) or (cfg.max_kl is not None and kl > cfg.max_kl):
                     raise TrainingError(
                         f"KL to the reference is {kl:.4g} nats per response at step {step}, beyond max_kl="
-                        f"{cfg.max_kl}: the policy drifted too far. Lower train.lr or raise kl.coef; {note}")
+                        f"{cfg.max_kl}: the policy drifted too far. Lower train.lr or raise kl.coef; {note}"
+                    )
                 training = time.perf_counter()
                 try:
                     stats = trainer.update(rollout, experience, step)
@@ -367,8 +421,12 @@ class PPO:
                 seconds["training"] = time.perf_counter() - training
                 kl_ctl.update(kl, n_steps=len(rollout))
                 entry = step_entry(step, rollout, kl, beta, stats, seconds, time.perf_counter() - started)
-                if on_testbed and cfg.eval.gold and cfg.eval.gold_every > 0 and (
-                        step % cfg.eval.gold_every == 0 or step == total):
+                if (
+                    on_testbed
+                    and cfg.eval.gold
+                    and cfg.eval.gold_every > 0
+                    and (step % cfg.eval.gold_every == 0 or step == total)
+                ):
                     entry.update(_gold(policy, tok, cfg.eval))
                 history.append(entry)
                 if step % max(1, cfg.train.logging_steps) == 0 or step == total:
@@ -378,10 +436,17 @@ class PPO:
                 progress.set_postfix(score=f"{entry['reward_score']:.3f}", kl=f"{kl:.3f}", **gold)
                 if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 or step == total):
                     saved = save_checkpoint(
-                        ckpt_root, step, modules={"policy": policy, "critic": critic},
+                        ckpt_root,
+                        step,
+                        modules={"policy": policy, "critic": critic},
                         torch_states={"trainer": trainer.state_dict()},
-                        state={"run_key": key, "history": history, "kl": kl_ctl.state_dict(),
-                               "scores": models.shaper.state_dict()})
+                        state={
+                            "run_key": key,
+                            "history": history,
+                            "kl": kl_ctl.state_dict(),
+                            "scores": models.shaper.state_dict(),
+                        },
+                    )
                 for callback in self.callbacks:
                     callback(step, entry)
         finally:
@@ -391,20 +456,27 @@ class PPO:
         trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
         trained = finalize(policy, cfg.adapter)
         metrics: dict[str, Any] = {
-            "steps": total, "episodes": total * batch, "prompts_dropped": dropped, "history": history,
+            "steps": total,
+            "episodes": total * batch,
+            "prompts_dropped": dropped,
+            "history": history,
             "trainable_parameters": trainable,
             "critic_from": models.critic_from,
         }
         if history:
-            metrics.update(reward_score=history[-1]["reward_score"],
-                           reward_score_first=history[0]["reward_score"],
-                           kl_to_reference=history[-1]["kl"], kl_coef=kl_ctl.value)
+            metrics.update(
+                reward_score=history[-1]["reward_score"],
+                reward_score_first=history[0]["reward_score"],
+                kl_to_reference=history[-1]["kl"],
+                kl_coef=kl_ctl.value,
+            )
         if resumed_from is not None:
             metrics["resumed_from_step"] = resumed_from
         metrics.update(gold_metrics(trained, tok, cfg.eval, on_testbed))
         save_model(trained, tok, run.dir)
-        plot_ppo_report(history, run.dir / "report.png",
-                        title=f"{cfg.output}: PPO from {run.inputs['model'].ref}")
+        plot_ppo_report(
+            history, run.dir / "report.png", title=f"{cfg.output}: PPO from {run.inputs['model'].ref}"
+        )
         run.metrics.update(metrics)
 
 
@@ -434,12 +506,14 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
     from alignlab.rewards import RewardModelScorer, load_reward_model, load_scorer
 
     lora = cfg.adapter.method != AdapterMethod.FULL
-    policy, tok = load_causal_lm(run.inputs["model"], run.registry, merge_adapter=True,
-                                 **quantization_kwargs(cfg.adapter))
+    policy, tok = load_causal_lm(
+        run.inputs["model"], run.registry, merge_adapter=True, **quantization_kwargs(cfg.adapter)
+    )
     reference = None
     if "reference" in run.inputs or not lora:  # LoRA: the base with the adapter off, no second copy
-        reference, _ = load_causal_lm(run.inputs.get("reference", run.inputs["model"]), run.registry,
-                                      merge_adapter=True)
+        reference, _ = load_causal_lm(
+            run.inputs.get("reference", run.inputs["model"]), run.registry, merge_adapter=True
+        )
         reference = accelerator.prepare_model(reference.requires_grad_(False).eval(), evaluation_mode=True)
     if lora:
         policy = get_peft_model(policy, peft_config(cfg.adapter))
@@ -457,33 +531,48 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
         critic_source = run.inputs["critic"]
     elif init is CriticInit.REWARD:
         if reward_model is None:
-            raise ConfigError("critic_init=reward needs a reward model; with a reward function use "
-                              "critic_init: policy or pass critic=<checkpoint>")
+            raise ConfigError(
+                "critic_init=reward needs a reward model; with a reward function use "
+                "critic_init: policy or pass critic=<checkpoint>"
+            )
         critic_source = reward_model
     else:
         critic_source = run.inputs["model"]
         if getattr(critic_source, "kind", None) == "adapter":
-            raise ConfigError("critic_init=policy needs a full model, but the policy is an adapter "
-                              "artifact; pass critic=<checkpoint> or publish the SFT model merged "
-                              "(adapter.merge: true)")
+            raise ConfigError(
+                "critic_init=policy needs a full model, but the policy is an adapter "
+                "artifact; pass critic=<checkpoint> or publish the SFT model merged "
+                "(adapter.merge: true)"
+            )
     critic, critic_tok = load_reward_model(critic_source, run.registry)
     if critic_tok.get_vocab() != tok.get_vocab():
-        raise ConfigError(f"the critic ({getattr(critic_source, 'ref', critic_source)}) uses another "
-                          "tokenizer than the policy; the critic reads the policy's tokens: set "
-                          "critic_init: policy or pass critic=")
+        raise ConfigError(
+            f"the critic ({getattr(critic_source, 'ref', critic_source)}) uses another "
+            "tokenizer than the policy; the critic reads the policy's tokens: set "
+            "critic_init: policy or pass critic="
+        )
     if lora:
         critic = get_peft_model(critic, peft_config(cfg.adapter, task_type="SEQ_CLS"))
 
     moments = None
     if cfg.reward_normalization == RewardNormalization.REWARD_MODEL:
         if not isinstance(reward_model, Artifact):
-            raise ConfigError("reward_normalization=reward_model needs a reward-model artifact (its "
-                              "metrics hold score_mean/score_std); use 'running' with a reward function "
-                              "or an external model")
+            raise ConfigError(
+                "reward_normalization=reward_model needs a reward-model artifact (its "
+                "metrics hold score_mean/score_std); use 'running' with a reward function "
+                "or an external model"
+            )
         moments = score_moments_from_metrics(reward_model.metrics)
     shaper = ScoreShaper(cfg.reward_normalization, cfg.reward_clip, cfg.missing_eos_penalty, moments)
-    return PPOModels(policy=policy, tokenizer=tok, reference=reference, critic=critic, scorer=scorer,
-                     shaper=shaper, critic_from=getattr(critic_source, "ref", None) or critic_source.id)
+    return PPOModels(
+        policy=policy,
+        tokenizer=tok,
+        reference=reference,
+        critic=critic,
+        scorer=scorer,
+        shaper=shaper,
+        critic_from=getattr(critic_source, "ref", None) or critic_source.id,
+    )
 
 
 def run_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -> str:
@@ -492,8 +581,12 @@ def run_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -
     Resuming with ``resume`` or ``checkpoint_every`` changed still finds the checkpoint.
     """
     config = {k: v for k, v in to_dict(cfg).items() if k not in RUN_CONTROL_KEYS}
-    return fingerprint("ppo", config, {role: t.id for role, t in inputs.items()},
-                       sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items()))
+    return fingerprint(
+        "ppo",
+        config,
+        {role: t.id for role, t in inputs.items()},
+        sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items()),
+    )
 
 
 def _gold(policy: Any, tokenizer: Any, cfg: PPOEvalGroup) -> dict[str, float]:

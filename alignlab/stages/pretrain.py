@@ -138,7 +138,9 @@ class Pretrain:
     def __init__(self, config: PretrainConfig | dict | None = None) -> None:
         self.config = load_config(PretrainConfig, config)
 
-    def run(self, registry: Registry | None = None, *, model: str | None = None, force: bool = False) -> Artifact:
+    def run(
+        self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
+    ) -> Artifact:
         from alignlab.data import load_records
 
         cfg = self.config
@@ -146,16 +148,27 @@ class Pretrain:
         if not cfg.data.sources:
             raise ConfigError("data.sources is empty: give at least one text source")
         inputs = resolve_inputs(registry, {"model": model}, required=("model",))
-        data = {f"source{i}": load_records(s.source, kind="text", registry=registry)
-                for i, s in enumerate(cfg.data.sources)}
+        data = {
+            f"source{i}": load_records(s.source, kind="text", registry=registry)
+            for i, s in enumerate(cfg.data.sources)
+        }
         if cfg.vocab.train_source:
             data["vocab"] = load_records(cfg.vocab.train_source, kind="text", registry=registry)
 
         def body(run: StageRun) -> None:
             self._train(run, cfg)
 
-        return run_stage(stage=self.name, name=cfg.output, kind="model", config=cfg, registry=registry,
-                         inputs=inputs, data=data, force=force, body=body)
+        return run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind="model",
+            config=cfg,
+            registry=registry,
+            inputs=inputs,
+            data=data,
+            force=force,
+            body=body,
+        )
 
     def _train(self, run: StageRun, cfg: PretrainConfig) -> None:
         import random
@@ -184,24 +197,40 @@ class Pretrain:
         if not train_chunks:
             raise ConfigError("pretraining data packs into no training sequences: add data or lower seq_len")
         for share in shares:
-            log.info("mixture %s: weight %.2f, %d of %d tokens, %.2f epochs", share.name, share.weight,
-                     share.sampled_tokens, share.available_tokens, share.epochs)
+            log.info(
+                "mixture %s: weight %.2f, %d of %d tokens, %.2f epochs",
+                share.name,
+                share.weight,
+                share.sampled_tokens,
+                share.available_tokens,
+                share.epochs,
+            )
 
         args = TrainingArguments(**hf_training_args(cfg.train, cfg.tracking, cfg.output))
-        trainer = Trainer(model=model, args=args, train_dataset=train_chunks, data_collator=default_data_collator)
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train_chunks, data_collator=default_data_collator
+        )
         trainer.train()
 
         metrics: dict[str, Any] = log_history_metrics(trainer.state.log_history)
         metrics["train_tokens"] = count_tokens(train_chunks)
-        metrics["mixture"] = {s.name: {"weight": s.weight, "available_tokens": s.available_tokens,
-                                       "sampled_tokens": s.sampled_tokens, "epochs": round(s.epochs, 4)}
-                              for s in shares}
+        metrics["mixture"] = {
+            s.name: {
+                "weight": s.weight,
+                "available_tokens": s.available_tokens,
+                "sampled_tokens": s.sampled_tokens,
+                "epochs": round(s.epochs, 4),
+            }
+            for s in shares
+        }
         if new_tokens:
             metrics["new_tokens"] = new_tokens
         if eval_chunks:
             ppl = perplexity(model, eval_chunks, batch_size=cfg.train.batch_size)
             metrics["perplexity"] = ppl["perplexity"]
             metrics["eval_nll"] = ppl["nll"]
-        metrics.update(gold_metrics(model, tok, cfg.eval, uses_testbed(*(s.source for s in cfg.data.sources))))
+        metrics.update(
+            gold_metrics(model, tok, cfg.eval, uses_testbed(*(s.source for s in cfg.data.sources)))
+        )
         save_model(model, tok, run.dir)
         run.metrics.update(metrics)

@@ -130,9 +130,16 @@ class SamplingStep:
 # ---- sampling and selection ---------------------------------------------------------------------
 
 
-def sample_and_score(model: Any, tokenizer: Any, scorer: Scorer, prompts: Sequence[Messages],
-                     sampling: SamplingGroup, *, seed: int, desc: str = "sampling") -> tuple[list[list[str]],
-                                                                                             list[list[float]]]:
+def sample_and_score(
+    model: Any,
+    tokenizer: Any,
+    scorer: Scorer,
+    prompts: Sequence[Messages],
+    sampling: SamplingGroup,
+    *,
+    seed: int,
+    desc: str = "sampling",
+) -> tuple[list[list[str]], list[list[float]]]:
     """Sample ``sampling.k`` responses per prompt and score them.
 
     Returns:
@@ -150,20 +157,32 @@ def sample_and_score(model: Any, tokenizer: Any, scorer: Scorer, prompts: Sequen
     rewards: list[list[float]] = []
     bar = tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch")
     for start in bar:
-        chunk = prompts[start:start + per_batch]
+        chunk = prompts[start : start + per_batch]
         repeated = [p for p in chunk for _ in range(k)]  # (B * K,): prompt p at rows p*K .. p*K+K-1
-        responses = generate(model, tokenizer, repeated, max_new_tokens=sampling.max_new_tokens, do_sample=True,
-                             temperature=sampling.temperature, top_p=sampling.top_p, batch_size=len(repeated))
+        responses = generate(
+            model,
+            tokenizer,
+            repeated,
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            batch_size=len(repeated),
+        )
         scores = scorer([prompt_text(p) for p in repeated], responses)
         for i in range(len(chunk)):
-            samples.append(responses[i * k:(i + 1) * k])
-            rewards.append(scores[i * k:(i + 1) * k])
+            samples.append(responses[i * k : (i + 1) * k])
+            rewards.append(scores[i * k : (i + 1) * k])
         bar.set_postfix(best=f"{sum(max(r) for r in rewards) / len(rewards):.3f}")
     return samples, rewards
 
 
-def select_best(prompts: Sequence[Messages], samples: Sequence[Sequence[str]], rewards: Sequence[Sequence[float]],
-                threshold: float | None = None) -> list[dict[str, Any]]:
+def select_best(
+    prompts: Sequence[Messages],
+    samples: Sequence[Sequence[str]],
+    rewards: Sequence[Sequence[float]],
+    threshold: float | None = None,
+) -> list[dict[str, Any]]:
     """The best response of each prompt as an SFT record (``messages`` + its ``reward``); a prompt
     whose best reward is below ``threshold`` gives none. Ties go to the first sample."""
     rows = []
@@ -171,8 +190,9 @@ def select_best(prompts: Sequence[Messages], samples: Sequence[Sequence[str]], r
         best = max(range(len(scores)), key=scores.__getitem__)
         if threshold is not None and scores[best] < threshold:
             continue
-        rows.append({"messages": [*prompt, {"role": "assistant", "content": texts[best]}],
-                     "reward": scores[best]})
+        rows.append(
+            {"messages": [*prompt, {"role": "assistant", "content": texts[best]}], "reward": scores[best]}
+        )
     return rows
 
 
@@ -212,8 +232,14 @@ class RejectionSampling:
     def __init__(self, config: RejectionSamplingConfig | dict | None = None) -> None:
         self.config = load_config(RejectionSamplingConfig, config)
 
-    def run(self, registry: Registry | None = None, *, model: str | Artifact | None = None,
-            reward: str | RewardFn | Artifact | None = None, force: bool = False) -> Artifact:
+    def run(
+        self,
+        registry: Registry | None = None,
+        *,
+        model: str | Artifact | None = None,
+        reward: str | RewardFn | Artifact | None = None,
+        force: bool = False,
+    ) -> Artifact:
         """Run ``config.rounds`` rounds from the policy ``model``; returns the last policy artifact."""
         from alignlab.data import load_records
         from alignlab.models.adapters import quantization_kwargs
@@ -223,8 +249,14 @@ class RejectionSampling:
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         inputs = resolve_inputs(registry, {"model": model}, required=("model",))
         reward_in = resolve_reward(registry, reward)
-        prompts = load_records(cfg.data.source, kind="prompt", registry=registry, format=cfg.data.format,
-                               strict=cfg.data.strict, limit=cfg.data.limit)
+        prompts = load_records(
+            cfg.data.source,
+            kind="prompt",
+            registry=registry,
+            format=cfg.data.format,
+            strict=cfg.data.strict,
+            limit=cfg.data.limit,
+        )
         policy = inputs["model"]
         for round_ in range(1, cfg.rounds + 1):
             samples = self._sampling_round(registry, policy, reward_in, prompts, round_, force)
@@ -237,11 +269,16 @@ class RejectionSampling:
         data = {"prompts": prompts, **({"reward_fn": reward.source} if reward.source is not None else {})}
         return inputs, data
 
-    def _sampling_round(self, registry: Registry, policy: Any, reward: RewardInput, prompts: Any, round_: int,
-                        force: bool) -> Artifact:
+    def _sampling_round(
+        self, registry: Registry, policy: Any, reward: RewardInput, prompts: Any, round_: int, force: bool
+    ) -> Artifact:
         cfg = self.config
-        step = SamplingStep(output=cfg.dataset_output or f"{cfg.output}-samples", data=cfg.data,
-                            sampling=cfg.sampling, round=round_)
+        step = SamplingStep(
+            output=cfg.dataset_output or f"{cfg.output}-samples",
+            data=cfg.data,
+            sampling=cfg.sampling,
+            round=round_,
+        )
         reward_inputs, data = self._sources(reward, prompts)
 
         def body(run: StageRun) -> None:
@@ -254,37 +291,77 @@ class RejectionSampling:
             model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
             chats = [r["prompt"] for r in run.data["prompts"].records]
             samples, rewards = sample_and_score(
-                _on_accelerator(model), tok, reward.scorer(run.registry), chats, cfg.sampling,
-                seed=cfg.sampling.seed + round_ - 1, desc=f"rejection sampling, round {round_}: best of {cfg.sampling.k}")
+                _on_accelerator(model),
+                tok,
+                reward.scorer(run.registry),
+                chats,
+                cfg.sampling,
+                seed=cfg.sampling.seed + round_ - 1,
+                desc=f"rejection sampling, round {round_}: best of {cfg.sampling.k}",
+            )
             selected = select_best(chats, samples, rewards, cfg.sampling.threshold)
             if not selected:
-                raise DataError(f"rejection sampling round {round_}: no prompt's best reward reached "
-                                f"sampling.threshold={cfg.sampling.threshold} (highest: "
-                                f"{max(max(r) for r in rewards):.3f}); lower or unset the threshold")
+                raise DataError(
+                    f"rejection sampling round {round_}: no prompt's best reward reached "
+                    f"sampling.threshold={cfg.sampling.threshold} (highest: "
+                    f"{max(max(r) for r in rewards):.3f}); lower or unset the threshold"
+                )
             write_records(run.dir / ARTIFACT_DATA_FILE, selected)
-            write_records(run.dir / SAMPLES_FILE, [{"prompt": p, "responses": s, "rewards": r}
-                                                   for p, s, r in zip(chats, samples, rewards)])
+            write_records(
+                run.dir / SAMPLES_FILE,
+                [{"prompt": p, "responses": s, "rewards": r} for p, s, r in zip(chats, samples, rewards)],
+            )
             curves = {"reward": best_of_n_curve(rewards)}
             if uses_testbed(cfg.data.source):  # the gold scorer is cheap: how much of the gain is real
                 from alignlab.testbed import gold_reward_fn
 
                 texts = [prompt_text(p) for p in chats]
-                curves["gold"] = best_of_n_curve([gold_reward_fn([t] * len(s), s) for t, s in zip(texts, samples)])
+                curves["gold"] = best_of_n_curve(
+                    [gold_reward_fn([t] * len(s), s) for t, s in zip(texts, samples)]
+                )
             plot_best_of_n(curves, run.dir / PLOT_FILE, title=f"best of N, round {round_}")
-            run.metrics.update({
-                "round": round_, "prompts": len(chats), "selected": len(selected),
-                "reward_mean": curves["reward"][1],
-                "selected_reward_mean": sum(r["reward"] for r in selected) / len(selected),
-                **{_curve_key(name): {str(n): v for n, v in curve.items()} for name, curve in curves.items()},
-            })
-            log.info("round %d: best of N %s; kept %d of %d prompts", round_, run.metrics["best_of_n"],
-                     len(selected), len(chats))
+            run.metrics.update(
+                {
+                    "round": round_,
+                    "prompts": len(chats),
+                    "selected": len(selected),
+                    "reward_mean": curves["reward"][1],
+                    "selected_reward_mean": sum(r["reward"] for r in selected) / len(selected),
+                    **{
+                        _curve_key(name): {str(n): v for n, v in curve.items()}
+                        for name, curve in curves.items()
+                    },
+                }
+            )
+            log.info(
+                "round %d: best of N %s; kept %d of %d prompts",
+                round_,
+                run.metrics["best_of_n"],
+                len(selected),
+                len(chats),
+            )
 
-        return run_stage(stage=self.name, name=step.output, kind="dataset", config=step, registry=registry,
-                         inputs={"model": policy, **reward_inputs}, data=data, force=force, body=body)
+        return run_stage(
+            stage=self.name,
+            name=step.output,
+            kind="dataset",
+            config=step,
+            registry=registry,
+            inputs={"model": policy, **reward_inputs},
+            data=data,
+            force=force,
+            body=body,
+        )
 
-    def _training_round(self, registry: Registry, policy: Any, reward: RewardInput, prompts: Any,
-                        samples: Artifact, force: bool) -> Artifact:
+    def _training_round(
+        self,
+        registry: Registry,
+        policy: Any,
+        reward: RewardInput,
+        prompts: Any,
+        samples: Artifact,
+        force: bool,
+    ) -> Artifact:
         from alignlab.data import load_records
         from alignlab.models.adapters import publishes_adapter
 
@@ -298,20 +375,38 @@ class RejectionSampling:
             from alignlab.stages.sft_training import train_sft
 
             model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
-            trained, metrics = train_sft(model, tok, run.data["train"].records, train=cfg.train,
-                                         adapter=cfg.adapter, tracking=cfg.tracking, run_name=cfg.output,
-                                         max_length=cfg.data.max_length, loss_on=cfg.loss_on)
+            trained, metrics = train_sft(
+                model,
+                tok,
+                run.data["train"].records,
+                train=cfg.train,
+                adapter=cfg.adapter,
+                tracking=cfg.tracking,
+                run_name=cfg.output,
+                max_length=cfg.data.max_length,
+                loss_on=cfg.loss_on,
+            )
             metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
-            metrics.update({k: v for k, v in samples.metrics.items() if k.startswith("best_of_n") or k == "round"})
+            metrics.update(
+                {k: v for k, v in samples.metrics.items() if k.startswith("best_of_n") or k == "round"}
+            )
             if (samples.path / PLOT_FILE).exists():
                 shutil.copy(samples.path / PLOT_FILE, run.dir / PLOT_FILE)
             save_model(trained, tok, run.dir)
             run.metrics.update(metrics)
 
         kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
-        return run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
-                         inputs={"model": policy, **reward_inputs}, data={**data, "train": selected},
-                         force=force, body=body)
+        return run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind=kind,
+            config=cfg,
+            registry=registry,
+            inputs={"model": policy, **reward_inputs},
+            data={**data, "train": selected},
+            force=force,
+            body=body,
+        )
 
 
 def _curve_key(scorer: str) -> str:

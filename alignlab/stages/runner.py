@@ -43,8 +43,9 @@ class StageRun:
         return self.out.metrics
 
 
-def resolve_inputs(registry: Registry, refs: Mapping[str, str | Artifact | None],
-                   required: tuple[str, ...] = ()) -> dict[str, Resolved]:
+def resolve_inputs(
+    registry: Registry, refs: Mapping[str, str | Artifact | None], required: tuple[str, ...] = ()
+) -> dict[str, Resolved]:
     """Resolve each named input reference; a required one that is missing is a ConfigError."""
     resolved: dict[str, Resolved] = {}
     for role in required:
@@ -58,13 +59,26 @@ def resolve_inputs(registry: Registry, refs: Mapping[str, str | Artifact | None]
 
 def data_entry(role: str, records: Any) -> dict[str, Any]:
     """The lineage record of one loaded data source (alignlab.data.Records)."""
-    return {"role": role, "source": records.source, "fingerprint": records.fingerprint,
-            "records": len(records.records)}
+    return {
+        "role": role,
+        "source": records.source,
+        "fingerprint": records.fingerprint,
+        "records": len(records.records),
+    }
 
 
-def run_stage(*, stage: str, name: str, kind: str, config: Any, registry: Registry,
-              inputs: Mapping[str, Resolved], data: Mapping[str, Any], force: bool,
-              body: Callable[[StageRun], None]) -> Artifact:
+def run_stage(
+    *,
+    stage: str,
+    name: str,
+    kind: str,
+    config: Any,
+    registry: Registry,
+    inputs: Mapping[str, Resolved],
+    data: Mapping[str, Any],
+    force: bool,
+    body: Callable[[StageRun], None],
+) -> Artifact:
     """Reuse the artifact with the same fingerprint, or run ``body`` and publish what it wrote."""
     resolved_config = to_dict(config)
     input_ids = {role: target.id for role, target in inputs.items()}
@@ -81,10 +95,14 @@ def run_stage(*, stage: str, name: str, kind: str, config: Any, registry: Regist
         if artifact is not None:
             parents.append(artifact.id)
     with registry.publishing(
-        name, kind=kind, stage=stage, parents=parents,
+        name,
+        kind=kind,
+        stage=stage,
+        parents=parents,
         inputs={role: getattr(t, "ref", None) or t.id for role, t in inputs.items()},
         data=[data_entry(role, rec) for role, rec in data.items()],
-        config=resolved_config, fingerprint=fp,
+        config=resolved_config,
+        fingerprint=fp,
     ) as pub:
         body(StageRun(registry=registry, inputs=dict(inputs), data=dict(data), out=pub))
     log.info("%s: published %s", stage, pub.artifact.ref)
@@ -96,7 +114,9 @@ def run_stage(*, stage: str, name: str, kind: str, config: Any, registry: Regist
 warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-def hf_training_args(train: TrainGroup, tracking: TrackingGroup, run_name: str, **extra: Any) -> dict[str, Any]:
+def hf_training_args(
+    train: TrainGroup, tracking: TrackingGroup, run_name: str, **extra: Any
+) -> dict[str, Any]:
     """Keyword arguments for transformers' TrainingArguments (and TRL configs built on it)."""
     report_to = [] if tracking.report_to == "none" else [str(tracking.report_to)]
     if tracking.report_to == "wandb":

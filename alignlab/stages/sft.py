@@ -80,7 +80,9 @@ class SFT:
     def __init__(self, config: SFTConfig | dict | None = None) -> None:
         self.config = load_config(SFTConfig, config)
 
-    def run(self, registry: Registry | None = None, *, model: str | None = None, force: bool = False) -> Artifact:
+    def run(
+        self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
+    ) -> Artifact:
         from alignlab.data import load_records
         from alignlab.models.adapters import publishes_adapter, quantization_kwargs
 
@@ -88,12 +90,26 @@ class SFT:
         registry = registry or Registry()
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         inputs = resolve_inputs(registry, {"model": model}, required=("model",))
-        demos = load_records(cfg.data.source, kind="sft", registry=registry, format=cfg.data.format,
-                             strict=cfg.data.strict, limit=cfg.data.limit)
+        demos = load_records(
+            cfg.data.source,
+            kind="sft",
+            registry=registry,
+            format=cfg.data.format,
+            strict=cfg.data.strict,
+            limit=cfg.data.limit,
+        )
         kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
-        return run_stage(stage=self.name, name=cfg.output, kind=kind, config=cfg, registry=registry,
-                         inputs=inputs, data={"train": demos}, force=force,
-                         body=lambda run: self._train(run, cfg))
+        return run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind=kind,
+            config=cfg,
+            registry=registry,
+            inputs=inputs,
+            data={"train": demos},
+            force=force,
+            body=lambda run: self._train(run, cfg),
+        )
 
     def _train(self, run: StageRun, cfg: SFTConfig) -> None:
         from alignlab.models import load_causal_lm, save_model
@@ -101,9 +117,18 @@ class SFT:
         from alignlab.stages.sft_training import train_sft
 
         model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
-        trained, metrics = train_sft(model, tok, run.data["train"].records, train=cfg.train, adapter=cfg.adapter,
-                                     tracking=cfg.tracking, run_name=cfg.output, max_length=cfg.data.max_length,
-                                     loss_on=cfg.loss_on, packing=cfg.packing)
+        trained, metrics = train_sft(
+            model,
+            tok,
+            run.data["train"].records,
+            train=cfg.train,
+            adapter=cfg.adapter,
+            tracking=cfg.tracking,
+            run_name=cfg.output,
+            max_length=cfg.data.max_length,
+            loss_on=cfg.loss_on,
+            packing=cfg.packing,
+        )
         metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
         save_model(trained, tok, run.dir)
         run.metrics.update(metrics)

@@ -13,14 +13,24 @@ from alignlab.stages.runner import hf_training_args, log_history_metrics
 
 def conversations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Canonical SFT records as TRL's conversational rows (role and content of each message)."""
-    return [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
-            for r in records]
+    return [
+        {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records
+    ]
 
 
-def train_sft(model: Any, tokenizer: Any, records: list[dict[str, Any]], *, train: TrainGroup,
-              adapter: AdapterGroup, tracking: TrackingGroup, run_name: str, max_length: int,
-              loss_on: Literal["assistant", "all"] = "assistant",
-              packing: bool = False) -> tuple[Any, dict[str, Any]]:
+def train_sft(
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    *,
+    train: TrainGroup,
+    adapter: AdapterGroup,
+    tracking: TrackingGroup,
+    run_name: str,
+    max_length: int,
+    loss_on: Literal["assistant", "all"] = "assistant",
+    packing: bool = False,
+) -> tuple[Any, dict[str, Any]]:
     """Fine-tune ``model`` on canonical SFT records (``{"messages": [...]}``).
 
     Args:
@@ -49,8 +59,13 @@ def train_sft(model: Any, tokenizer: Any, records: list[dict[str, Any]], *, trai
         assistant_only_loss=loss_on == "assistant",
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(conversations(records)),
-                         processing_class=tokenizer, peft_config=peft_config(adapter))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(conversations(records)),
+        processing_class=tokenizer,
+        peft_config=peft_config(adapter),
+    )
     trainer.train()
     metrics = log_history_metrics(trainer.state.log_history)
     metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

@@ -54,11 +54,21 @@ def test_dpo_full_finetune_publishes_and_measures(tiny_pipeline) -> None:
     assert 0.0 <= m["reward_accuracy"] <= 1.0 and math.isfinite(m["reward_margin"])
     assert math.isfinite(m["kl_to_reference"]) and m["kl_to_reference_k3"] >= 0.0
     assert 0.0 <= m["gold_score"] <= 1.0
-    print("\nSFT vs DPO on the test pipeline:", json.dumps({
-        "sft_gold_score": sft.metrics["gold_score"], "dpo_gold_score": m["gold_score"],
-        "sft_gold_accuracy": sft.metrics["gold_accuracy"], "dpo_gold_accuracy": m["gold_accuracy"],
-        "reward_accuracy": m["reward_accuracy"], "reward_margin": m["reward_margin"],
-        "kl_to_reference": m["kl_to_reference"], "kl_to_reference_k3": m["kl_to_reference_k3"]}))
+    print(
+        "\nSFT vs DPO on the test pipeline:",
+        json.dumps(
+            {
+                "sft_gold_score": sft.metrics["gold_score"],
+                "dpo_gold_score": m["gold_score"],
+                "sft_gold_accuracy": sft.metrics["gold_accuracy"],
+                "dpo_gold_accuracy": m["gold_accuracy"],
+                "reward_accuracy": m["reward_accuracy"],
+                "reward_margin": m["reward_margin"],
+                "kl_to_reference": m["kl_to_reference"],
+                "kl_to_reference_k3": m["kl_to_reference_k3"],
+            }
+        ),
+    )
     # 40 prompts and a 0.9M-parameter model: DPO's gain over SFT is within noise here (see
     # docs/stages/dpo.md), so this only guards against the collapse plain DPO shows (gold ~0.1)
     assert m["gold_score"] > sft.metrics["gold_score"] - 0.1
@@ -72,16 +82,21 @@ def test_dpo_lora_uses_the_adapter_free_model_as_reference(tiny_pipeline) -> Non
     assert merged.metrics["trainable_parameters"] < 100_000  # only the LoRA matrices
     assert math.isfinite(merged.metrics["train_loss_last"]) and "kl_to_reference" in merged.metrics
 
-    adapter = DPO({**LORA, "output": "dpo_adapter", "adapter": {**LORA["adapter"], "merge": False},
-                   "kl": {"n": 0}}).run(registry, model=sft.ref)
+    adapter = DPO(
+        {**LORA, "output": "dpo_adapter", "adapter": {**LORA["adapter"], "merge": False}, "kl": {"n": 0}}
+    ).run(registry, model=sft.ref)
     assert adapter.kind == "adapter" and (adapter.path / "adapter_config.json").exists()
 
 
 def test_bad_pairs_publish_nothing(tiny_pipeline, tmp_path) -> None:
     registry, arts = tiny_pipeline
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n"
-                    + json.dumps({"prompt": "3+3?", "chosen": "6"}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"})
+        + "\n"
+        + json.dumps({"prompt": "3+3?", "chosen": "6"})
+        + "\n"
+    )
     with pytest.raises(DataError, match="rejected"):
         DPO({"output": "dpo_bad", "data": {"source": str(path)}}).run(registry, model=arts["sft"].ref)
     assert registry.list("dpo_bad") == []

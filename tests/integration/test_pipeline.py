@@ -29,8 +29,12 @@ def test_each_stage_changed_parameters_and_published_loadable_models(tiny_pipeli
         assert m["train_loss_last"] < m["train_loss_first"], f"{name} loss did not go down"
     model = AutoModelForCausalLM.from_pretrained(arts["sft"].path)
     tok = AutoTokenizer.from_pretrained(arts["sft"].path)
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 plus 3?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
 
@@ -66,6 +70,17 @@ def test_lineage_and_cli_show_json(tiny_pipeline, capsys):
     assert "testbed:sft" in text and "testbed:pretrain" in text
     assert main(["artifacts", "show", arts["sft"].ref, "--json", "--registry", str(registry.root)]) == 0
     shown = json.loads(capsys.readouterr().out)
-    for key in ("id", "name", "version", "kind", "stage", "path", "parents", "fingerprint", "metrics", "created_at"):
+    for key in (
+        "id",
+        "name",
+        "version",
+        "kind",
+        "stage",
+        "path",
+        "parents",
+        "fingerprint",
+        "metrics",
+        "created_at",
+    ):
         assert key in shown
     assert shown["parents"] == [arts["pretrain"].id]

@@ -56,14 +56,18 @@ def test_fine_tunes_on_best_samples_and_publishes_model_and_dataset(rs_run):
     assert (art.path / PLOT_FILE).stat().st_size > 0 and (samples.path / PLOT_FILE).exists()
 
     sft_gold, rs_gold = arts["sft"].metrics["gold_score"], art.metrics["gold_score"]
-    print(f"\ngold score: SFT {sft_gold:.3f} -> RS {rs_gold:.3f}; best of N: {curve}; "
-          f"gold best of N: {art.metrics['best_of_n_gold']}")
+    print(
+        f"\ngold score: SFT {sft_gold:.3f} -> RS {rs_gold:.3f}; best of N: {curve}; "
+        f"gold best of N: {art.metrics['best_of_n_gold']}"
+    )
     assert rs_gold > sft_gold
 
 
 def test_an_import_path_names_the_same_reward_function(rs_run):
     registry, arts, art = rs_run
-    again = RejectionSampling(RS_CFG).run(registry, model=arts["sft"].ref, reward="alignlab.testbed:gold_reward_fn")
+    again = RejectionSampling(RS_CFG).run(
+        registry, model=arts["sft"].ref, reward="alignlab.testbed:gold_reward_fn"
+    )
     assert again.id == art.id  # same function, same fingerprint: reused, not re-sampled
 
 
@@ -82,8 +86,14 @@ def test_an_unknown_reward_is_a_clear_error_and_publishes_nothing(tiny_pipeline)
 
 def test_each_round_samples_from_the_previous_rounds_policy(tiny_pipeline):
     registry, arts = tiny_pipeline
-    cfg = {"output": "rs2", "rounds": 2, "data": {"limit": 8}, "sampling": {"k": 2, "max_new_tokens": 8},
-           "train": {"max_steps": 1, "batch_size": 8}, "eval": {"gold": False}}
+    cfg = {
+        "output": "rs2",
+        "rounds": 2,
+        "data": {"limit": 8},
+        "sampling": {"k": 2, "max_new_tokens": 8},
+        "train": {"max_steps": 1, "batch_size": 8},
+        "eval": {"gold": False},
+    }
     last = RejectionSampling(cfg).run(registry, model=arts["sft"].ref, reward=gold_reward_fn)
     samples_2 = next(registry.get(p) for p in last.parents if registry.get(p).kind == "dataset")
     first = registry.get("rs2:v1")

@@ -10,8 +10,11 @@ from alignlab.stages.sft import SFT
 
 pytestmark = pytest.mark.integration
 
-SHORT = {"train": {"max_steps": 6, "batch_size": 16, "lr": 1e-3, "logging_steps": 2},
-         "data": {"source": "testbed:sft?n=96"}, "eval": {"gold": False}}
+SHORT = {
+    "train": {"max_steps": 6, "batch_size": 16, "lr": 1e-3, "logging_steps": 2},
+    "data": {"source": "testbed:sft?n=96"},
+    "eval": {"gold": False},
+}
 
 
 def _cfg(**extra):
@@ -24,7 +27,8 @@ def _cfg(**extra):
 def test_lora_unmerged_publishes_an_adapter_that_composes_with_its_base(tiny_pipeline):
     registry, arts = tiny_pipeline
     art = SFT(_cfg(output="sft-lora", adapter={"method": "lora", "r": 4, "merge": False})).run(
-        registry, model=arts["pretrain"].ref)
+        registry, model=arts["pretrain"].ref
+    )
     assert art.kind == "adapter"
     assert (art.path / "adapter_model.safetensors").exists()
     assert art.parents == [arts["pretrain"].id]
@@ -39,7 +43,9 @@ def test_lora_unmerged_publishes_an_adapter_that_composes_with_its_base(tiny_pip
 
 def test_lora_merged_publishes_a_plain_model(tiny_pipeline):
     registry, arts = tiny_pipeline
-    art = SFT(_cfg(output="sft-merged", adapter={"method": "lora", "r": 4})).run(registry, model=arts["pretrain"].ref)
+    art = SFT(_cfg(output="sft-merged", adapter={"method": "lora", "r": 4})).run(
+        registry, model=arts["pretrain"].ref
+    )
     assert art.kind == "model"
     model = AutoModelForCausalLM.from_pretrained(art.path)
     assert not any("lora" in name for name, _ in model.named_parameters())
@@ -48,7 +54,8 @@ def test_lora_merged_publishes_a_plain_model(tiny_pipeline):
 def test_prompt_tuning_trains_only_virtual_tokens(tiny_pipeline):
     registry, arts = tiny_pipeline
     art = SFT(_cfg(output="sft-prompt", adapter={"method": "prompt_tuning", "num_virtual_tokens": 4})).run(
-        registry, model=arts["pretrain"].ref)
+        registry, model=arts["pretrain"].ref
+    )
     assert art.kind == "adapter"
     hidden = AutoModelForCausalLM.from_pretrained(arts["pretrain"].path).config.hidden_size
     assert art.metrics["trainable_parameters"] == 4 * hidden
@@ -58,7 +65,9 @@ def test_prompt_tuning_trains_only_virtual_tokens(tiny_pipeline):
 
 def test_packing_runs(tiny_pipeline):
     registry, arts = tiny_pipeline
-    art = SFT(_cfg(output="sft-packed", packing=True, loss_on="all")).run(registry, model=arts["pretrain"].ref)
+    art = SFT(_cfg(output="sft-packed", packing=True, loss_on="all")).run(
+        registry, model=arts["pretrain"].ref
+    )
     assert torch.isfinite(torch.tensor(art.metrics["train_loss_last"]))
 
 

@@ -31,7 +31,9 @@ class Outer:
 
 
 def test_loads_nested_and_converts():
-    cfg = load_config(Outer, {"inner": {"lr": "3e-4", "steps": 5}, "color": "blue", "tags": ["a"], "limit": None})
+    cfg = load_config(
+        Outer, {"inner": {"lr": "3e-4", "steps": 5}, "color": "blue", "tags": ["a"], "limit": None}
+    )
     assert cfg.inner.lr == pytest.approx(3e-4) and cfg.inner.steps == 5
     assert cfg.color is Color.BLUE and cfg.tags == ["a"] and cfg.limit is None
     assert to_dict(cfg)["color"] == "blue"
@@ -60,7 +62,9 @@ def test_wrong_types_name_the_key(data, message):
 
 
 def test_overrides_parse_values_as_yaml():
-    out = apply_overrides({"inner": {"steps": 1}}, ["inner.steps=7", "inner.lr=1e-5", "flag=true", "name=abc"])
+    out = apply_overrides(
+        {"inner": {"steps": 1}}, ["inner.steps=7", "inner.lr=1e-5", "flag=true", "name=abc"]
+    )
     cfg = load_config(Outer, out)
     assert (cfg.inner.steps, cfg.inner.lr, cfg.flag, cfg.name) == (7, 1e-5, True, "abc")
     with pytest.raises(ConfigError, match="key.path=value"):

@@ -24,10 +24,13 @@ def test_every_recipe_parses_and_validates(path):
 
 
 def _raw(**sft_config):
-    return {"name": "t", "stages": [
-        {"name": "base", "stage": "tiny_base", "config": {"size": "test"}},
-        {"name": "sft", "stage": "sft", "inputs": {"model": "base"}, "config": sft_config},
-    ]}
+    return {
+        "name": "t",
+        "stages": [
+            {"name": "base", "stage": "tiny_base", "config": {"size": "test"}},
+            {"name": "sft", "stage": "sft", "inputs": {"model": "base"}, "config": sft_config},
+        ],
+    }
 
 
 def test_overrides_reach_the_entry_config_and_inputs():
@@ -45,13 +48,23 @@ def test_overrides_reach_the_entry_config_and_inputs():
         (_raw(trian={}), (), r"stages\[1\] \(sft\)\.config\.trian'.*did you mean 'train'"),
         (_raw(train={"lr": "fast"}), (), r"config\.train\.lr': expected a number"),
         (_raw(), ["sfft.train.lr=1"], r"no entry 'sfft'.*did you mean 'sft'"),
-        ({"name": "t", "stages": [{"name": "a", "stage": "sfft"}]}, (), r"unknown stage 'sfft'.*did you mean 'sft'"),
-        ({"name": "t", "stages": [{"name": "a", "stage": "sft", "inputs": {"modle": "x"}}]}, (),
-         r"takes no input 'modle'.*did you mean 'model'"),
+        (
+            {"name": "t", "stages": [{"name": "a", "stage": "sfft"}]},
+            (),
+            r"unknown stage 'sfft'.*did you mean 'sft'",
+        ),
+        (
+            {"name": "t", "stages": [{"name": "a", "stage": "sft", "inputs": {"modle": "x"}}]},
+            (),
+            r"takes no input 'modle'.*did you mean 'model'",
+        ),
         ({"name": "t", "stages": []}, (), r"non-empty list"),
         ({"name": "t", "stagez": []}, (), r"unknown top-level key 'stagez'"),
-        ({"name": "t", "stages": [{"name": "a", "stage": "sft"}, {"name": "a", "stage": "sft"}]}, (),
-         r"used twice"),
+        (
+            {"name": "t", "stages": [{"name": "a", "stage": "sft"}, {"name": "a", "stage": "sft"}]},
+            (),
+            r"used twice",
+        ),
     ],
 )
 def test_bad_recipes_fail_before_training_with_the_key_named(raw, overrides, message):

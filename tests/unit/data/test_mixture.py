@@ -10,8 +10,9 @@ def test_budget_splits_by_weight():
 def test_small_source_repeats_large_source_undersampled():
     small = [[1] * 10 for _ in range(10)]  # 100 tokens
     large = [[2] * 10 for _ in range(100)]  # 1000 tokens
-    docs, shares = sample_mixture({"small": small, "large": large}, {"small": 1.0, "large": 1.0},
-                                  total_tokens=600, seed=0)
+    docs, shares = sample_mixture(
+        {"small": small, "large": large}, {"small": 1.0, "large": 1.0}, total_tokens=600, seed=0
+    )
     by = {s.name: s for s in shares}
     assert by["small"].sampled_tokens == 300 and by["small"].epochs == pytest.approx(3.0)
     assert by["large"].sampled_tokens == 300 and by["large"].epochs == pytest.approx(0.3)

@@ -15,7 +15,10 @@ def test_bpe_tokenizer_round_trips_and_has_single_token_specials():
 
 def test_chat_template_masks_only_assistant_tokens():
     tok = train_bpe_tokenizer(TEXT, vocab_size=300)
-    msgs = [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "The answer is 7."}]
+    msgs = [
+        {"role": "user", "content": "What is 3 plus 4?"},
+        {"role": "assistant", "content": "The answer is 7."},
+    ]
     out = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     assistant = [i for i, m in zip(ids, mask) if m]

@@ -51,8 +51,9 @@ def test_bad_input():
 
 
 def test_plot_writes_a_png(tmp_path):
-    path = plot_best_of_n({"reward": {1: 0.2, 2: 0.3, 4: 0.35}, "gold": {"1": 0.1, "2": 0.2, "4": 0.2}},
-                          tmp_path / "curve.png")
+    path = plot_best_of_n(
+        {"reward": {1: 0.2, 2: 0.3, 4: 0.35}, "gold": {"1": 0.1, "2": 0.2, "4": 0.2}}, tmp_path / "curve.png"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -61,8 +62,10 @@ def test_select_best_keeps_the_top_sample_above_the_threshold():
     samples = [["x", "y", "z"], ["u", "v", "w"]]
     rewards = [[0.1, 0.9, 0.9], [0.2, 0.3, 0.1]]
     rows = select_best(prompts, samples, rewards)
-    assert [r["messages"][-1] for r in rows] == [{"role": "assistant", "content": "y"},  # first of the tied best
-                                                 {"role": "assistant", "content": "v"}]
+    assert [r["messages"][-1] for r in rows] == [
+        {"role": "assistant", "content": "y"},  # first of the tied best
+        {"role": "assistant", "content": "v"},
+    ]
     assert [r["reward"] for r in rows] == [0.9, 0.3]
     assert len(select_best(prompts, samples, rewards, threshold=0.5)) == 1
 

@@ -33,26 +33,32 @@ def logsig(x: torch.Tensor) -> torch.Tensor:
     return F.logsigmoid(x)
 
 
-def trl_dpo_loss(loss_type: DPOLossType, beta: float, tmp_path, lengths: tuple[int, int] = (1, 1),
-                 **kwargs) -> torch.Tensor:
+def trl_dpo_loss(
+    loss_type: DPOLossType, beta: float, tmp_path, lengths: tuple[int, int] = (1, 1), **kwargs
+) -> torch.Tensor:
     """TRL's DPO loss for the pairs above, completions of ``lengths`` (chosen, rejected) tokens."""
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    args = TRLDPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
-                        **loss_type.trl_args(beta, **kwargs))
+    args = TRLDPOConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], **loss_type.trl_args(beta, **kwargs)
+    )
     n, width = len(POLICY_C), max(lengths) + 1
     lens = torch.tensor([lengths[0]] * n + [lengths[1]] * n)
     completion_mask = torch.zeros(2 * n, width, dtype=torch.long)  # (2B, T): [chosen; rejected]
     for i, length in enumerate(lens):
-        completion_mask[i, 1:1 + length] = 1
+        completion_mask[i, 1 : 1 + length] = 1
     shift_mask = completion_mask[:, 1:].to(torch.float64)  # (2B, T-1)
     per_token = torch.cat([POLICY_C, POLICY_R])[:, None] / lens[:, None] * shift_mask  # sums to the logps
 
     def model(**_: object) -> SimpleNamespace:  # stands in for the fused-LM-head forward
         zeros = torch.zeros_like(per_token)
-        return SimpleNamespace(log_probs=per_token, entropy=zeros, mean_logits=zeros,
-                               is_top1=torch.zeros_like(per_token, dtype=torch.bool))
+        return SimpleNamespace(
+            log_probs=per_token,
+            entropy=zeros,
+            mean_logits=zeros,
+            is_top1=torch.zeros_like(per_token, dtype=torch.bool),
+        )
 
     trainer = object.__new__(DPOTrainer)
     # what DPOTrainer.__init__ derives from its config ("Training arguments" in dpo_trainer.py)
@@ -68,14 +74,19 @@ def trl_dpo_loss(loss_type: DPOLossType, beta: float, tmp_path, lengths: tuple[i
     trainer.use_weighting = args.use_weighting
     trainer.aux_loss_enabled = False
     trainer.model = SimpleNamespace(training=True)
-    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x,
-                                          gather_for_metrics=lambda x: x)
+    trainer.accelerator = SimpleNamespace(
+        device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x
+    )
     trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
     trainer._total_train_tokens = 0
     trainer._tp_size = 1
-    inputs = {"input_ids": torch.zeros(2 * n, width, dtype=torch.long),
-              "attention_mask": torch.ones(2 * n, width, dtype=torch.long),
-              "completion_mask": completion_mask, "ref_chosen_logps": REF_C, "ref_rejected_logps": REF_R}
+    inputs = {
+        "input_ids": torch.zeros(2 * n, width, dtype=torch.long),
+        "attention_mask": torch.ones(2 * n, width, dtype=torch.long),
+        "completion_mask": completion_mask,
+        "ref_chosen_logps": REF_C,
+        "ref_rejected_logps": REF_R,
+    }
     return trainer._compute_loss(model, inputs, return_outputs=False)
 
 
@@ -83,7 +94,9 @@ def test_sigmoid_matches_closed_form(tmp_path) -> None:
     beta = 0.1
     expected = -logsig(beta * DELTA).mean()  # −log σ(β·Δ)
     torch.testing.assert_close(trl_dpo_loss(DPOLossType.SIGMOID, beta, tmp_path), expected)
-    torch.testing.assert_close(trl_dpo_loss(DPOLossType("sigmoid"), 0.5, tmp_path), -logsig(0.5 * DELTA).mean())
+    torch.testing.assert_close(
+        trl_dpo_loss(DPOLossType("sigmoid"), 0.5, tmp_path), -logsig(0.5 * DELTA).mean()
+    )
 
 
 def test_ipo_matches_closed_form(tmp_path) -> None:
@@ -102,14 +115,19 @@ def test_ipo_normalises_log_ratios_per_token(tmp_path) -> None:
 def test_hinge_robust_and_conservative_match_closed_forms(tmp_path) -> None:
     beta, eps = 0.2, 0.1
     ell, ell_flipped = -logsig(beta * DELTA), -logsig(-beta * DELTA)
-    torch.testing.assert_close(trl_dpo_loss(DPOLossType.HINGE, beta, tmp_path),
-                               torch.relu(1 - beta * DELTA).mean())
-    torch.testing.assert_close(trl_dpo_loss(DPOLossType.ROBUST, beta, tmp_path, label_smoothing=eps),
-                               (((1 - eps) * ell - eps * ell_flipped) / (1 - 2 * eps)).mean())
+    torch.testing.assert_close(
+        trl_dpo_loss(DPOLossType.HINGE, beta, tmp_path), torch.relu(1 - beta * DELTA).mean()
+    )
+    torch.testing.assert_close(
+        trl_dpo_loss(DPOLossType.ROBUST, beta, tmp_path, label_smoothing=eps),
+        (((1 - eps) * ell - eps * ell_flipped) / (1 - 2 * eps)).mean(),
+    )
     # cDPO is composed from TRL's sigmoid and robust losses; it must equal the textbook form
     for e in (eps, 0.0, 0.3):
-        torch.testing.assert_close(trl_dpo_loss(DPOLossType.CONSERVATIVE, beta, tmp_path, label_smoothing=e),
-                                   ((1 - e) * ell + e * ell_flipped).mean())
+        torch.testing.assert_close(
+            trl_dpo_loss(DPOLossType.CONSERVATIVE, beta, tmp_path, label_smoothing=e),
+            ((1 - e) * ell + e * ell_flipped).mean(),
+        )
 
 
 def test_rpo_adds_the_chosen_nll(tmp_path) -> None:
@@ -123,11 +141,22 @@ def test_simpo_maps_onto_trl_cpo_loss(tmp_path) -> None:
         warnings.simplefilter("ignore")
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    args = CPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
-                     **DPOLossType.SIMPO.trl_args(2.0, simpo_gamma=1.0))
+    args = CPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        **DPOLossType.SIMPO.trl_args(2.0, simpo_gamma=1.0),
+    )
     assert args.cpo_alpha == 0.0  # pure SimPO: no behaviour-cloning term
-    stub = SimpleNamespace(alpha=args.alpha, beta=args.beta, loss_type=args.loss_type, simpo_gamma=args.simpo_gamma,
-                           label_smoothing=args.label_smoothing, accelerator=SimpleNamespace(device="cpu"))
+    stub = SimpleNamespace(
+        alpha=args.alpha,
+        beta=args.beta,
+        loss_type=args.loss_type,
+        simpo_gamma=args.simpo_gamma,
+        label_smoothing=args.label_smoothing,
+        accelerator=SimpleNamespace(device="cpu"),
+    )
     avg_c, avg_r = POLICY_C / 4, POLICY_R / 6  # SimPO's rewards are mean token log-probs
     losses, _, _ = CPOTrainer.cpo_loss(stub, avg_c, avg_r)
     torch.testing.assert_close(losses, -logsig(2.0 * (avg_c - avg_r) - 1.0))  # −log σ(β·Δavg − γ)
@@ -143,8 +172,15 @@ def test_needs_reference_model() -> None:
 def test_every_loss_type_maps_to_a_trl_loss() -> None:
     from trl import DPOConfig as TRLDPOConfig
 
-    known = set(TRLDPOConfig.__dataclass_fields__["loss_type"].metadata["help"].replace("`", "").replace("'", "")
-                .replace(",", " ").replace(".", " ").split())
+    known = set(
+        TRLDPOConfig.__dataclass_fields__["loss_type"]
+        .metadata["help"]
+        .replace("`", "")
+        .replace("'", "")
+        .replace(",", " ")
+        .replace(".", " ")
+        .split()
+    )
     for loss_type in DPOLossType:
         trl = loss_type.trl_args(0.1)["loss_type"]
         if loss_type.needs_reference_model:
@@ -160,8 +196,15 @@ def test_unknown_loss_type_is_a_config_error_with_suggestion() -> None:
         DPO({"betta": 0.1})
 
 
-@pytest.mark.parametrize("bad", [{"beta": 0.0}, {"loss_type": "robust", "label_smoothing": 0.5},
-                                 {"loss_type": "exo_pair", "label_smoothing": 0.0}, {"kl": {"n": -1}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"beta": 0.0},
+        {"loss_type": "robust", "label_smoothing": 0.5},
+        {"loss_type": "exo_pair", "label_smoothing": 0.0},
+        {"kl": {"n": -1}},
+    ],
+)
 def test_bad_values_are_config_errors(bad) -> None:
     with pytest.raises(ConfigError):
         DPO(bad)
@@ -177,9 +220,11 @@ def test_config_defaults_and_string_loss_type() -> None:
 def test_preference_rows_are_conversational() -> None:
     record = {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5", "margin": None}
     (row,) = preference_rows([record])
-    assert row == {"prompt": [{"role": "user", "content": "2+2?"}],
-                   "chosen": [{"role": "assistant", "content": "4"}],
-                   "rejected": [{"role": "assistant", "content": "5"}]}
+    assert row == {
+        "prompt": [{"role": "user", "content": "2+2?"}],
+        "chosen": [{"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "assistant", "content": "5"}],
+    }
 
 
 def _tiny_model_and_tokenizer():
@@ -187,8 +232,13 @@ def _tiny_model_and_tokenizer():
     from alignlab.models.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["What is 3 plus 4? The answer is 7."] * 20, vocab_size=280)
-    model = build_llama(TinySize(32, 64, 1, 2), len(tok), bos_token_id=tok.bos_token_id,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = build_llama(
+        TinySize(32, 64, 1, 2),
+        len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return model, tok
 
 

@@ -9,8 +9,13 @@ TEXT = ["What is 3 plus 4? The answer is 7."] * 20
 
 def _model_and_tok():
     tok = train_bpe_tokenizer(TEXT, vocab_size=280)
-    model = build_llama(TinySize(32, 64, 1, 2), len(tok), bos_token_id=tok.bos_token_id,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = build_llama(
+        TinySize(32, 64, 1, 2),
+        len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     return model, tok
 
 
