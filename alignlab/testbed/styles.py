@@ -83,7 +83,7 @@ HABITS: dict[TaskFamily, Annotator] = {
     TaskFamily.COUNTING: UM_WELL,
     TaskFamily.WORLD_FACT: THINK_MAYBE,
 }
-HABIT_EXTRA_WRONG = 0.1  # a habitual annotator's sloppy answer is also wrong this often
+HABIT_EXTRA_WRONG = 0.25  # a habitual annotator's sloppy answer is also wrong this often
 HABIT_EXTRA_STYLE = 0.15  # ... and carries a second style defect this often
 
 
