@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test-deps test test-all rlhf sft dpo rejection lint format docs clean
+.PHONY: install test-deps test test-all rlhf sft dpo rejection lint format docs bench clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,22 @@ format: install
 
 docs: install
 	$(PY) -m alignlab.docs_check docs README.md
+
+# Benchmarks against peers (benchmarks/run.py). TRL 1.9.0 (the last TRL with PPO) lives in its own
+# venv, never a dependency of alignlab: torch first (the local CPU wheel), then trl with pins.
+# `make bench BENCH_ARGS=--quick` is a smoke test in a few minutes; the full run ~20 min.
+TRL_VENV := benchmarks/.venv-trl
+BENCH_ARGS ?=
+
+$(TRL_VENV)/.installed: benchmarks/constraints-trl.txt
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRL_VENV)/bin/python -m pip install -q $(TORCH)
+	$(TRL_VENV)/bin/python -m pip install -q -c benchmarks/constraints-trl.txt trl==1.9.0 psutil
+	touch $@
+
+bench: install $(TRL_VENV)/.installed
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts wandb runs reports .pytest_cache
