@@ -124,7 +124,7 @@ def bench_ppo(fixture: Path, work: Path, quick: bool, reps: int, threads: int) -
 
 
 def bench_stages(fixture: Path, work: Path, quick: bool, reps: int, threads: int) -> tuple[str, dict]:
-    steps = "4" if quick else "40"
+    steps = "4" if quick else "30"
     tasks = ["sft", "sft_packed", "reward", "dpo"]
     rows, packing, data = [], {}, {}
     for task in tasks:
@@ -232,7 +232,7 @@ def bench_profile(fixture: Path, work: Path, quick: bool, reps: int, threads: in
     steps = (
         ["--steps", "2", "--batch", "8", "--minibatch", "4", "--epochs", "1", "--response-length", "8"]
         if quick
-        else ["--steps", "3", "--batch", "32", "--minibatch", "8", "--epochs", "2", "--response-length", "32"]
+        else ["--steps", "2", "--batch", "32", "--minibatch", "8", "--epochs", "2", "--response-length", "32"]
     )
     import subprocess
 

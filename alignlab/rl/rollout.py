@@ -143,16 +143,20 @@ def policy_logits(
 ) -> Tensor:
     """(B, T, V) logits that predict the last ``response_len`` tokens, divided by the temperature.
 
-    Only the last T + 1 positions go through the LM head (``logits_to_keep``).
+    Only the T positions ``P - 1 .. P + T - 2`` go through the LM head (``logits_to_keep`` as
+    indices), so no (B, T + 1, V) tensor is made and sliced; at temperature 1 the logits are
+    returned as they are rather than copied by a division (the most common setting, on the
+    training hot path too).
     """
+    length = input_ids.shape[1]
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids(attention_mask),
-        logits_to_keep=response_len + 1,
+        logits_to_keep=torch.arange(length - response_len - 1, length - 1, device=input_ids.device),
         use_cache=False,
     )
-    return out.logits[:, :-1] / temperature
+    return out.logits if temperature == 1.0 else out.logits / temperature
 
 
 def token_values(critic: Any, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
