@@ -15,10 +15,15 @@ stages:
 
 Overrides on the command line address an entry by name (``pretrain.train.lr=3e-4``), or every
 entry with ``*`` (``*.eval.gold_n=50``).
+
+A top-level ``distributed:`` section (DeepSpeed ZeRO and friends, docs/scaling.md) is inherited by
+every entry whose stage trains; an entry's own ``distributed`` keys win. ``distributed.zero_stage=3``
+on the command line sets the top-level one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -30,6 +35,7 @@ from typing import Any
 import yaml
 
 from alignlab.config import ConfigError, load_config, parse_override, set_path
+from alignlab.distributed.config import with_recipe_distributed
 from alignlab.errors import did_you_mean
 from alignlab.registry import Artifact, Registry
 from alignlab.stages import STAGES
@@ -37,6 +43,7 @@ from alignlab.stages import STAGES
 log = logging.getLogger("alignlab")
 
 ENTRY_KEYS = ("name", "stage", "inputs", "config")
+TOP_LEVEL_KEYS = ("name", "description", "distributed", "stages")
 
 
 def stage_inputs(stage_cls: type) -> list[str]:
@@ -101,6 +108,13 @@ def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: str) 
         if head in ("name", "description"):
             raw[head] = value
             continue
+        if head == "distributed" and "distributed" not in by_name:
+            if not rest:
+                raise ConfigError(f"override {item!r} must name a setting, e.g. distributed.zero_stage=3")
+            if not isinstance(raw.get("distributed"), dict):
+                raw["distributed"] = {}
+            set_path(raw["distributed"], rest, value)
+            continue
         targets = list(by_name.values()) if head == "*" else [by_name.get(head)]
         if targets == [None]:
             raise ConfigError(
@@ -124,11 +138,12 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
     """Validate a recipe mapping (every entry's stage, inputs and config) and apply overrides."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a recipe is a mapping with 'name' and 'stages'")
-    unknown = set(raw) - {"name", "description", "stages"}
+    unknown = set(raw) - set(TOP_LEVEL_KEYS)
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(
-            f"{where}: unknown top-level key {key!r}{did_you_mean(key, ['name', 'description', 'stages'])}"
+            f"{where}: unknown top-level key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}; "
+            f"valid: {', '.join(TOP_LEVEL_KEYS)}"
         )
     raw = _apply_overrides(raw, overrides, where)
     stages = raw.get("stages")
@@ -169,7 +184,16 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
                 raise ConfigError(f"{at}.inputs.{role}: expected a reference string, got {ref!r}")
         config = dict(item.get("config") or {})
         config.setdefault("output", name)
-        runner = cls(load_config(cls.config_cls, config, where=f"{at}.config"))
+        if "distributed" in {f.name for f in dataclasses.fields(cls.config_cls)}:
+            try:
+                config = with_recipe_distributed(config, raw.get("distributed"))
+            except ConfigError as err:
+                raise ConfigError(f"{at}: {err}") from None
+        stage_config = load_config(cls.config_cls, config, where=f"{at}.config")
+        try:
+            runner = cls(stage_config)
+        except ConfigError as err:  # checks across groups (e.g. an adapter with ZeRO-3)
+            raise ConfigError(f"{at}.config: {err}") from None
         entries.append(
             Entry(name=name, stage=stage, inputs={k: str(v) for k, v in inputs.items()}, runner=runner)
         )

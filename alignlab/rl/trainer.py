@@ -12,9 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +133,20 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
+class PolicyAndCritic(torch.nn.Module):
+    """Policy and critic as one module: DeepSpeed trains one model per engine (and one optimizer)."""
+
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy, self.critic = policy, critic
+        self.config = policy.config  # DeepSpeed's "auto" bucket sizes are read from the hidden size
+
+
 class PPOTrainer:
     """Policy + critic + optimiser + schedule; turns rollouts into parameter updates.
+
+    Under DeepSpeed (``accelerator`` built from a ``distributed`` group) policy and critic are one
+    engine (:class:`PolicyAndCritic`); DeepSpeed clips the gradient norm of both together.
 
     Args:
         policy: the causal LM being trained (a peft model for LoRA).
@@ -181,7 +194,13 @@ class PPOTrainer:
             {"params": [p for p in critic.parameters() if p.requires_grad], "lr": settings.critic_lr or lr},
         ]
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-        self.policy, self.critic, self.optimizer = self.accelerator.prepare(policy, critic, optimizer)
+        self.engine = None  # the DeepSpeed engine, when there is one
+        if self.accelerator.distributed_type == "DEEPSPEED":
+            self.engine, self.optimizer = self.accelerator.prepare(PolicyAndCritic(policy, critic), optimizer)
+            self.policy, self.critic = self.engine.module.policy, self.engine.module.critic
+        else:
+            self.policy, self.critic, self.optimizer = self.accelerator.prepare(policy, critic, optimizer)
+        self._boundary = True  # the current micro-batch ends a minibatch
         self.scheduler = get_scheduler(
             scheduler,
             optimizer,
@@ -236,7 +255,8 @@ class PPOTrainer:
             for number, part in enumerate(chunks(len(rollout), s.mini_batch_size)):
                 index = permutation[part]
                 micro_parts = chunks(len(index), math.ceil(len(index) / self.grad_accum))
-                for micro in micro_parts:
+                for k, micro in enumerate(micro_parts):
+                    self._boundary = k == len(micro_parts) - 1
                     stats = self._backward(
                         rollout, experience, index[micro], len(micro_parts), where=(step, epoch, number)
                     )
@@ -302,8 +322,25 @@ class PPOTrainer:
                 f"entropy={stats['entropy']}; "
                 "lower train.lr or ppo.critic_lr, or raise kl.coef"
             )
-        self.accelerator.backward(loss / n_micro)
+        if self.engine is not None:
+            # DeepSpeed reduces (and steps, with its clipping) at the minibatch's last micro-batch
+            self.engine.set_gradient_accumulation_boundary(self._boundary)
+            self.engine.backward(loss / n_micro)
+            self.engine.step()
+        else:
+            self.accelerator.backward(loss / n_micro)
         return stats
+
+    @contextlib.contextmanager
+    def for_generation(self) -> Iterator[tuple[Any, Any]]:
+        """``(policy, critic)`` unwrapped for a rollout; under ZeRO-3 gathered once for all of it."""
+        if self.engine is None:
+            yield self.accelerator.unwrap_model(self.policy), self.accelerator.unwrap_model(self.critic)
+            return
+        from alignlab.distributed.runtime import gathered_for_generation
+
+        with gathered_for_generation(self.engine, self.accelerator) as both:
+            yield both.policy, both.critic
 
     def _ptx_loss(self) -> Tensor:
         assert self.ptx is not None
@@ -320,6 +357,9 @@ class PPOTrainer:
         ).loss
 
     def _clip(self, model: Any) -> float:
+        if self.engine is not None:  # DeepSpeed clipped both models together in its step
+            norm = self.engine.get_global_grad_norm()
+            return float(norm) if norm is not None else 0.0
         params = [p for p in model.parameters() if p.grad is not None]
         if not params:
             return 0.0

@@ -21,6 +21,8 @@ from enum import StrEnum
 from typing import Any
 
 from alignlab.config import load_config
+from alignlab.distributed.config import DistributedGroup
+from alignlab.distributed.runtime import check_distributed, is_zero3, main_process_model
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
@@ -201,6 +203,7 @@ class DPOConfig:
         kl: the KL-to-reference measurement after training.
         eval: end-of-stage gold evaluation (testbed only).
         tracking: wandb / tensorboard.
+        distributed: DeepSpeed ZeRO, offload, precision, checkpointing (docs/scaling.md).
     """
 
     output: str = "dpo"
@@ -217,6 +220,7 @@ class DPOConfig:
     kl: KLEval = field(default_factory=KLEval)
     eval: EvalGroup = field(default_factory=EvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
+    distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
     def __post_init__(self) -> None:
         self.loss_type = DPOLossType(self.loss_type)  # DPOConfig(loss_type="ipo") from Python
@@ -389,6 +393,7 @@ class DPO:
 
     def __init__(self, config: DPOConfig | dict | None = None) -> None:
         self.config = load_config(DPOConfig, config)
+        check_distributed(self.config.distributed, self.config.adapter)
 
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
@@ -452,7 +457,11 @@ class DPO:
         metrics["trainable_parameters"] = sum(
             p.numel() for p in trainer.model.parameters() if p.requires_grad
         )
-        policy = trainer.model
+        policy = main_process_model(trainer.model)
+        if policy is None:  # another process: the main one evaluates and publishes
+            return
+        if reference is not None and is_zero3(reference):  # sharded by TRL: reload it whole
+            reference = None
         if cfg.kl.n:
             if reference is None and peft is None:  # reference-free full fine-tune: load it only now
                 reference, _ = load_causal_lm(source, run.registry, merge_adapter=True)
@@ -486,7 +495,7 @@ def _make_trainer(cfg: DPOConfig, model: Any, reference: Any, tok: Any, dataset:
 
     loss_args = cfg.loss_type.trl_args(cfg.resolved_beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha)
     common = dict(
-        **hf_training_args(cfg.train, cfg.tracking, cfg.output),
+        **hf_training_args(cfg.train, cfg.tracking, cfg.output, cfg.distributed),
         max_length=cfg.data.max_length,
         dataset_num_proc=None,
         **loss_args,

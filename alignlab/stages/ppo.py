@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.config import load_config, to_dict
+from alignlab.distributed import runtime as dist
+from alignlab.distributed.config import DistributedGroup
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.registry import Artifact, Registry, fingerprint
 from alignlab.rewards import resolve_reward
@@ -176,12 +178,16 @@ class PPOConfig:
         ptx: the PPO-ptx pretraining term.
         max_kl: stop with TrainingError when the mean per-response KL to the reference exceeds
             this; None = no bound.
-        checkpoint_every: save a resumable checkpoint every N steps (0 = never).
+        checkpoint_every: save a resumable checkpoint every N steps (0 = never; not yet in
+            multi-process runs).
         checkpoint_dir: where; None = ``<registry root>/.checkpoints/<run key>``.
         resume: continue from the latest checkpoint of the same run when there is one; false
             starts over and deletes it.
         eval: gold evaluation during and after training (testbed only).
         tracking: wandb / tensorboard.
+        distributed: DeepSpeed ZeRO for policy and critic (one engine); the reference and the reward
+            model are replicated in every process; under ZeRO-3 a rollout gathers the weights once.
+            ``train.batch_size`` is the rollout batch of all processes together (docs/scaling.md).
     """
 
     output: str = "ppo"
@@ -202,6 +208,7 @@ class PPOConfig:
     resume: bool = True
     eval: PPOEvalGroup = field(default_factory=PPOEvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
+    distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
 
 class PPO:
@@ -225,6 +232,7 @@ class PPO:
         self, config: PPOConfig | dict | None = None, *, callbacks: Sequence[StepCallback] = ()
     ) -> None:
         self.config = load_config(PPOConfig, config)
+        dist.check_distributed(self.config.distributed, self.config.adapter)
         self.callbacks = list(callbacks)
 
     def run(
@@ -295,10 +303,15 @@ class PPO:
         return artifact
 
     def _train(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path) -> None:
-        from alignlab.rl.trainer import fresh_accelerator, release_accelerator
+        from alignlab.rl.trainer import release_accelerator
 
+        accelerator = dist.make_accelerator(
+            cfg.distributed,
+            max_grad_norm=cfg.train.max_grad_norm or None,
+            micro_batch_size=max(1, cfg.ppo.mini_batch_size // max(1, cfg.train.grad_accum)),
+        )
         try:  # the accelerate state is process-wide: start from a clean one, leave a clean one
-            self._train_with(run, cfg, reward_fn, key, ckpt_root, fresh_accelerator())
+            self._train_with(run, cfg, reward_fn, key, ckpt_root, accelerator)
         finally:
             release_accelerator()
 
@@ -393,20 +406,24 @@ class PPO:
             for step in range(start + 1, total + 1):
                 started = time.perf_counter()
                 rows = step_rows(step, batch, n, cfg.train.seed)
-                rollout, seconds = collect_rollout(
-                    policy,
-                    tok,
-                    [queries[i] for i in rows],
-                    [prompts[i] for i in rows],
-                    critic=critic,
-                    scorer=models.scorer,
-                    shaper=models.shaper,
-                    settings=cfg.generation,
-                    reference=models.reference,
-                )
+                rows = rows[accelerator.process_index :: accelerator.num_processes]  # this process's share
+                with trainer.for_generation() as (gen_policy, gen_critic):
+                    rollout, seconds = collect_rollout(
+                        gen_policy,
+                        tok,
+                        [queries[i] for i in rows],
+                        [prompts[i] for i in rows],
+                        critic=gen_critic,
+                        scorer=models.scorer,
+                        shaper=models.shaper,
+                        settings=cfg.generation,
+                        reference=models.reference,
+                    )
                 beta = kl_ctl.value
                 experience = trainer.experience(rollout, beta, cfg.kl.estimator)
-                kl = float(experience.kl.sum(dim=1).mean())
+                kl = float(
+                    accelerator.reduce(experience.kl.sum(dim=1).mean(), "mean")
+                )  # same in every process
                 note = f"the last good checkpoint is {saved}" if saved else "no checkpoint was written yet"
                 if not math.isfinite(kl) or (cfg.max_kl is not None and kl > cfg.max_kl):
                     raise TrainingError(
@@ -427,14 +444,19 @@ class PPO:
                     and cfg.eval.gold_every > 0
                     and (step % cfg.eval.gold_every == 0 or step == total)
                 ):
-                    entry.update(_gold(policy, tok, cfg.eval))
+                    with trainer.for_generation() as (gen_policy, _):
+                        entry.update(_gold(gen_policy, tok, cfg.eval))
                 history.append(entry)
                 if step % max(1, cfg.train.logging_steps) == 0 or step == total:
                     tracker.log(entry, step)
                 progress.update(1)
                 gold = {"gold": f"{entry['gold_score']:.3f}"} if "gold_score" in entry else {}
                 progress.set_postfix(score=f"{entry['reward_score']:.3f}", kl=f"{kl:.3f}", **gold)
-                if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 or step == total):
+                if (
+                    cfg.checkpoint_every > 0
+                    and (step % cfg.checkpoint_every == 0 or step == total)
+                    and not dist.is_distributed()  # not yet: DeepSpeed's optimizer states are sharded
+                ):
                     saved = save_checkpoint(
                         ckpt_root,
                         step,
@@ -453,7 +475,10 @@ class PPO:
             progress.close()
             tracker.finish()
 
-        trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters() if p.requires_grad)
+        policy = dist.main_process_model(policy)
+        if policy is None:  # another process: the main one evaluates and publishes
+            return
         trained = finalize(policy, cfg.adapter)
         metrics: dict[str, Any] = {
             "steps": total,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alignlab.config import load_config
+from alignlab.distributed.config import DistributedGroup
+from alignlab.distributed.runtime import check_distributed, main_process_model
 from alignlab.errors import ConfigError
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
@@ -77,6 +79,7 @@ class PretrainConfig:
         train: optimisation (defaults suit the tiny models on CPU).
         eval: end-of-stage gold evaluation (testbed only).
         tracking: wandb / tensorboard.
+        distributed: DeepSpeed ZeRO, offload, precision, checkpointing (docs/scaling.md).
     """
 
     output: str = "pretrain"
@@ -85,6 +88,7 @@ class PretrainConfig:
     train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=1.0, lr=1e-3, batch_size=32))
     eval: EvalGroup = field(default_factory=EvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
+    distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
 
 def extend_vocabulary(model: Any, tokenizer: Any, cfg: VocabGroup, new_domain: list[str]) -> list[str]:
@@ -137,6 +141,7 @@ class Pretrain:
 
     def __init__(self, config: PretrainConfig | dict | None = None) -> None:
         self.config = load_config(PretrainConfig, config)
+        check_distributed(self.config.distributed)
 
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
@@ -206,11 +211,14 @@ class Pretrain:
                 share.epochs,
             )
 
-        args = TrainingArguments(**hf_training_args(cfg.train, cfg.tracking, cfg.output))
+        args = TrainingArguments(**hf_training_args(cfg.train, cfg.tracking, cfg.output, cfg.distributed))
         trainer = Trainer(
             model=model, args=args, train_dataset=train_chunks, data_collator=default_data_collator
         )
         trainer.train()
+        model = main_process_model(trainer.model)
+        if model is None:  # another process: the main one evaluates and publishes
+            return
 
         metrics: dict[str, Any] = log_history_metrics(trainer.state.log_history)
         metrics["train_tokens"] = count_tokens(train_chunks)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alignlab.config import load_config
+from alignlab.distributed.config import DistributedGroup
+from alignlab.distributed.runtime import check_distributed, is_main_process
 from alignlab.errors import ConfigError, DataError
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import RewardFn, RewardInput, Scorer, prompt_text, resolve_reward  # noqa: F401 (re-exported)
@@ -98,6 +100,8 @@ class RejectionSamplingConfig:
         loss_on: "assistant" (default: prompt tokens masked out of the loss) or "all".
         eval: end-of-round gold evaluation (testbed only).
         tracking: wandb / tensorboard.
+        distributed: DeepSpeed ZeRO, offload, precision, checkpointing for the fine-tuning (the
+            sampling runs on the main process; docs/scaling.md).
     """
 
     output: str = "rejection_sampling"
@@ -110,6 +114,7 @@ class RejectionSamplingConfig:
     loss_on: Literal["assistant", "all"] = "assistant"
     eval: EvalGroup = field(default_factory=EvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
+    distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -231,6 +236,7 @@ class RejectionSampling:
 
     def __init__(self, config: RejectionSamplingConfig | dict | None = None) -> None:
         self.config = load_config(RejectionSamplingConfig, config)
+        check_distributed(self.config.distributed, self.config.adapter)
 
     def run(
         self,
@@ -288,6 +294,8 @@ class RejectionSampling:
             from alignlab.models import load_causal_lm
             from alignlab.models.adapters import quantization_kwargs
 
+            if not is_main_process():  # sampling is not collective: the main process does it alone
+                return
             model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
             chats = [r["prompt"] for r in run.data["prompts"].records]
             samples, rewards = sample_and_score(
@@ -385,7 +393,10 @@ class RejectionSampling:
                 run_name=cfg.output,
                 max_length=cfg.data.max_length,
                 loss_on=cfg.loss_on,
+                distributed=cfg.distributed,
             )
+            if trained is None:  # another process: the main one evaluates and publishes
+                return
             metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
             metrics.update(
                 {k: v for k, v in samples.metrics.items() if k.startswith("best_of_n") or k == "round"}

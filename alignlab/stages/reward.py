@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from alignlab.config import load_config
 from alignlab.data.validation import DropReason
+from alignlab.distributed.config import DistributedGroup
+from alignlab.distributed.runtime import check_distributed, main_process_model
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import uses_testbed
@@ -86,6 +88,7 @@ class RewardModelConfig:
             merged into the published model, so adapter.merge must stay true).
         eval: gold_n = number of fresh testbed pairs for gold_accuracy (testbed data only).
         tracking: wandb / tensorboard.
+        distributed: DeepSpeed ZeRO, offload, precision, checkpointing (docs/scaling.md).
     """
 
     output: str = "reward_model"
@@ -98,6 +101,7 @@ class RewardModelConfig:
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     eval: EvalGroup = field(default_factory=EvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
+    distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
 
 def data_source(data: RewardData) -> str:
@@ -127,6 +131,7 @@ class RewardModel:
 
     def __init__(self, config: RewardModelConfig | dict | None = None) -> None:
         self.config = load_config(RewardModelConfig, config)
+        check_distributed(self.config.distributed, self.config.adapter)
 
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
@@ -209,6 +214,9 @@ class RewardModel:
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         model, history = fit(model, train_enc, cfg, tok.pad_token_id)
+        model = main_process_model(model)
+        if model is None:  # another process: the main one evaluates and publishes
+            return
         model = finalize(model, cfg.adapter)
         metrics.update(log_history_metrics(history))
         eval_enc = encode(held_out, tok, cfg.data.max_length)[0] if held_out else train_enc
@@ -283,20 +291,22 @@ def optimizer_steps(micro_batches: int, train: TrainGroup) -> int:
 def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: int) -> tuple[Any, list]:
     """Train with AdamW, warmup + schedule, clipping and accumulation; returns ``(model, history)``.
 
-    accelerate places the model and data (CPU here, one or more GPUs, or DeepSpeed when launched
-    with an accelerate config). ``history`` holds one ``{"step", "loss", "accuracy", "margin_mean",
+    accelerate places the model and data (CPU here, one or more GPUs), on DeepSpeed when
+    ``cfg.distributed`` or the launch asks for it; the logged points are means over the processes. ``history`` holds one ``{"step", "loss", "accuracy", "margin_mean",
     "lr"}`` per logging point, means since the previous point (as a transformers Trainer logs).
     """
     import torch
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from alignlab.models.accelerator import fresh_accelerator, release_accelerator
+    from alignlab.distributed.runtime import make_accelerator
+    from alignlab.models.accelerator import release_accelerator
 
     train, tracking = cfg.train, cfg.tracking
     log_with = None if tracking.report_to == "none" else str(tracking.report_to)
-    accelerator = fresh_accelerator(
-        cpu=not torch.cuda.is_available(),
+    accelerator = make_accelerator(
+        cfg.distributed,
+        max_grad_norm=train.max_grad_norm if train.max_grad_norm > 0 else None,
         gradient_accumulation_steps=train.grad_accum,
         log_with=log_with,
         project_dir=tempfile.mkdtemp(prefix="alignlab-reward-") if log_with else None,
@@ -317,14 +327,18 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps = optimizer_steps(len(loader), train)
-    scheduler = accelerator.prepare(
-        get_scheduler(
-            train.lr_scheduler,
-            optimizer,
-            num_warmup_steps=math.ceil(train.warmup_ratio * steps) * accelerator.num_processes,
-            num_training_steps=steps * accelerator.num_processes,
-        )
+    # accelerate steps a prepared scheduler once per process per step. Under DeepSpeed it would
+    # wrap it in a no-op (only DeepSpeed's own schedulers go to its engine): step it here instead.
+    deepspeed = accelerator.distributed_type == "DEEPSPEED"
+    per_step = 1 if deepspeed else accelerator.num_processes
+    scheduler = get_scheduler(
+        train.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(train.warmup_ratio * steps) * per_step,
+        num_training_steps=steps * per_step,
     )
+    if not deepspeed:
+        scheduler = accelerator.prepare(scheduler)
     model.train()
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
@@ -343,9 +357,13 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
                 if accelerator.sync_gradients and train.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, train.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients or not deepspeed:
+                    scheduler.step()
                 optimizer.zero_grad()
-            window.append({"loss": loss.item(), **stats})
+            point_values = torch.tensor([loss.item(), stats["accuracy"], stats["margin_mean"]])
+            if accelerator.num_processes > 1:
+                point_values = accelerator.reduce(point_values.to(accelerator.device), "mean").cpu()
+            window.append(dict(zip(("loss", "accuracy", "margin_mean"), point_values.tolist())))
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -372,7 +390,8 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
             if step >= steps:
                 break
     bar.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it would end the process group too
+        tracker.finish()
     trained = accelerator.unwrap_model(model)
     release_accelerator()  # the next stage in this process configures its own precision
     return trained, history

@@ -3,6 +3,10 @@
 Stages compose these functions (no base class): a stage's ``run`` loads and validates its data,
 then calls :func:`run_stage` with a ``body`` that trains and writes into the staging folder.
 Nothing is published unless ``body`` returns normally.
+
+In a multi-process run (``alignlab run --nproc N``) every process runs ``body`` (training is
+collective), but only the main process publishes: the others write into a scratch folder, wait,
+and return the artifact the main process published (found by its fingerprint).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignlab.config import to_dict
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, RegistryError
 from alignlab.registry import Artifact, ExternalRef, Publication, Registry, fingerprint
 from alignlab.stages.groups import TrackingGroup, TrainGroup
+
+if TYPE_CHECKING:
+    from alignlab.distributed.config import DistributedGroup
 
 log = logging.getLogger("alignlab")
 
@@ -84,11 +91,25 @@ def run_stage(
     input_ids = {role: target.id for role, target in inputs.items()}
     data_fps = sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items())
     fp = fingerprint(stage, resolved_config, input_ids, data_fps)
-    if not force:
-        hit = registry.find_fingerprint(fp)
-        if hit is not None:
-            log.info("%s: reusing %s (same fingerprint %s; --force retrains)", stage, hit.ref, fp)
-            return hit
+    from alignlab.distributed.config import current_world_size
+    from alignlab.distributed.runtime import barrier, is_main_process, rank
+
+    hit = None if force else registry.find_fingerprint(fp)
+    barrier()  # every process has looked before any publishes
+    if hit is not None:
+        log.info("%s: reusing %s (same fingerprint %s; --force retrains)", stage, hit.ref, fp)
+        return hit
+    if not is_main_process():
+        with tempfile.TemporaryDirectory(prefix=f"alignlab-{stage}-rank{rank()}-") as scratch:
+            body(StageRun(registry, dict(inputs), dict(data), Publication(dir=Path(scratch))))
+        barrier()  # the main process publishes
+        published = registry.find_fingerprint(fp)
+        if published is None:
+            raise RegistryError(
+                f"{stage}: rank {rank()} cannot find the artifact the main process published (fingerprint "
+                f"{fp}); every process must see the same registry (ALIGNLAB_HOME on shared storage)"
+            )
+        return published
     parents = [target.id for target in inputs.values()]
     for rec in data.values():  # a dataset artifact used as data is a parent too
         artifact = getattr(rec, "artifact", None)
@@ -105,7 +126,10 @@ def run_stage(
         fingerprint=fp,
     ) as pub:
         body(StageRun(registry=registry, inputs=dict(inputs), data=dict(data), out=pub))
+        if current_world_size() > 1:
+            pub.metrics["world_size"] = current_world_size()
     log.info("%s: published %s", stage, pub.artifact.ref)
+    barrier()
     return pub.artifact
 
 
@@ -115,15 +139,23 @@ warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecat
 
 
 def hf_training_args(
-    train: TrainGroup, tracking: TrackingGroup, run_name: str, **extra: Any
+    train: TrainGroup,
+    tracking: TrackingGroup,
+    run_name: str,
+    distributed: DistributedGroup | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Keyword arguments for transformers' TrainingArguments (and TRL configs built on it)."""
+    """Keyword arguments for transformers' TrainingArguments (and TRL configs built on it).
+
+    ``distributed`` (the stage's group) adds DeepSpeed, precision and checkpointing on top
+    (:func:`alignlab.distributed.runtime.trainer_overrides`).
+    """
     report_to = [] if tracking.report_to == "none" else [str(tracking.report_to)]
     if tracking.report_to == "wandb":
         import os
 
         os.environ.setdefault("WANDB_PROJECT", tracking.project)
-    return dict(
+    args = dict(
         output_dir=tempfile.mkdtemp(prefix=f"alignlab-{run_name}-"),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
@@ -150,8 +182,13 @@ def hf_training_args(
         # TRL's configs turn bf16 on by default, even on CPU (autocast there silently); use it only
         # where the GPU supports it
         bf16=_bf16_supported(),
-        **extra,
     )
+    if distributed is not None:
+        from alignlab.distributed.runtime import trainer_overrides
+
+        args.update(trainer_overrides(distributed))
+    args.update(extra)
+    return args
 
 
 def _bf16_supported() -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from alignlab.config import load_config
+from alignlab.distributed.config import DistributedGroup
+from alignlab.distributed.runtime import check_distributed
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
@@ -52,6 +54,7 @@ class SFTConfig:
         packing: pack several examples per sequence (TRL best-fit-decreasing packing).
         eval: end-of-stage gold evaluation (testbed only).
         tracking: wandb / tensorboard.
+        distributed: DeepSpeed ZeRO, offload, precision, checkpointing (docs/scaling.md).
     """
 
     output: str = "sft"
@@ -62,6 +65,7 @@ class SFTConfig:
     packing: bool = False
     eval: EvalGroup = field(default_factory=EvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
+    distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
 
 class SFT:
@@ -79,6 +83,7 @@ class SFT:
 
     def __init__(self, config: SFTConfig | dict | None = None) -> None:
         self.config = load_config(SFTConfig, config)
+        check_distributed(self.config.distributed, self.config.adapter)
 
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
@@ -128,7 +133,10 @@ class SFT:
             max_length=cfg.data.max_length,
             loss_on=cfg.loss_on,
             packing=cfg.packing,
+            distributed=cfg.distributed,
         )
+        if trained is None:  # another process: the main one evaluates and publishes
+            return
         metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
         save_model(trained, tok, run.dir)
         run.metrics.update(metrics)

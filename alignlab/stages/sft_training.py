@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from alignlab.stages.groups import AdapterGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import hf_training_args, log_history_metrics
+
+if TYPE_CHECKING:
+    from alignlab.distributed.config import DistributedGroup
 
 
 def conversations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -30,7 +33,8 @@ def train_sft(
     max_length: int,
     loss_on: Literal["assistant", "all"] = "assistant",
     packing: bool = False,
-) -> tuple[Any, dict[str, Any]]:
+    distributed: DistributedGroup | None = None,
+) -> tuple[Any | None, dict[str, Any]]:
     """Fine-tune ``model`` on canonical SFT records (``{"messages": [...]}``).
 
     Args:
@@ -41,19 +45,23 @@ def train_sft(
         max_length: longest tokenized example; longer ones are truncated from the end.
         loss_on: "assistant" masks the prompt tokens out of the loss; "all" trains on every token.
         packing: pack several examples per sequence.
+        distributed: the stage's ``distributed`` group (DeepSpeed ZeRO and friends).
 
     Returns:
         ``(trained model, metrics)``: the model with a LoRA adapter merged in when ``adapter.merge``
-        asks for it; metrics hold the loss curve and the number of trainable parameters.
+        asks for it; metrics hold the loss curve and the number of trainable parameters. In a
+        multi-process run the model is whole and plain on the main process and None on the others
+        (:func:`alignlab.distributed.runtime.main_process_model`).
     """
     from datasets import Dataset
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
+    from alignlab.distributed.runtime import main_process_model
     from alignlab.models.adapters import finalize, peft_config
 
     args = TRLSFTConfig(
-        **hf_training_args(train, tracking, run_name),
+        **hf_training_args(train, tracking, run_name, distributed),
         max_length=max_length,
         packing=packing,
         assistant_only_loss=loss_on == "assistant",
@@ -69,4 +77,5 @@ def train_sft(
     trainer.train()
     metrics = log_history_metrics(trainer.state.log_history)
     metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return finalize(trainer.model, adapter), metrics
+    model = main_process_model(trainer.model)
+    return (None if model is None else finalize(model, adapter)), metrics

@@ -1,0 +1,277 @@
+"""What a stage does at run time when it runs in several processes under DeepSpeed.
+
+:mod:`alignlab.distributed.config` turns the ``distributed`` group into configs; this module
+uses them in a running process:
+
+- :func:`init_process_group` — one process-wide accelerate state for the whole run, flagged for
+  DeepSpeed (on CPU too, where accelerate would otherwise count one process; see below).
+- :func:`trainer_overrides` / :func:`make_accelerator` — what Trainer stages and alignlab's own
+  loops build from the group.
+- :func:`main_process_model` — the trained model, whole and plain, on the main process only
+  (ZeRO-3 shards are gathered one submodule at a time); the stage evaluates and publishes it
+  there while the other processes wait (:func:`alignlab.stages.runner.run_stage`).
+- :func:`gathered_for_generation` — ZeRO-3 weights gathered once for a whole rollout, instead of
+  layer by layer for every generated token.
+
+In one process with ``zero_stage: 0`` every function here is a no-op and DeepSpeed is not imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from alignlab.distributed.config import (
+    DistributedGroup,
+    StageKind,
+    accelerator_kwargs,
+    current_world_size,
+    deepspeed_config,
+    load_deepspeed_file,
+    training_args_overrides,
+)
+from alignlab.errors import ConfigError
+
+log = logging.getLogger("alignlab")
+
+
+def is_distributed() -> bool:
+    """More than one process in this run (``WORLD_SIZE`` > 1)."""
+    return current_world_size() > 1
+
+
+def rank() -> int:
+    """This process's global rank (0 outside a launcher)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def is_main_process() -> bool:
+    """Rank 0: the process that evaluates and publishes."""
+    return rank() == 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def init_process_group() -> None:
+    """Set up the process-wide accelerate state for a multi-process run (idempotent).
+
+    Multi-process runs always train through DeepSpeed (ZeRO-0 is its data parallelism), so the
+    state is created flagged for it. On a machine without CUDA, accelerate (1.x) sets DeepSpeed
+    up with no backend and then believes it runs in one process; naming ``gloo`` (DeepSpeed's
+    CPU accelerator's backend without oneCCL) gives it the real world size.
+    """
+    if not is_distributed():
+        return
+    from accelerate.state import PartialState
+
+    if PartialState._shared_state:
+        return
+    backend = None if _cuda() else "gloo"
+    previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend=backend) if backend else PartialState()
+    finally:
+        if previous is None:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
+        else:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = previous
+
+
+def barrier() -> None:
+    """Wait for every process (nothing in one process)."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    init_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def zero_stage_of(group: DistributedGroup) -> int:
+    """The ZeRO stage the group trains with (read from ``config_file`` when it names one)."""
+    if group.config_file is not None:
+        return int(load_deepspeed_file(group.config_file)["zero_optimization"].get("stage", 0))
+    return group.zero_stage
+
+
+def check_distributed(group: DistributedGroup, adapter: Any = None) -> None:
+    """Refuse what a stage cannot run, before anything loads.
+
+    Raises:
+        ConfigError: DeepSpeed settings without deepspeed installed, or an adapter (LoRA, QLoRA,
+            prompt tuning) with ZeRO-3, whose merge at publication would need the gathered base.
+    """
+    wants_deepspeed = (
+        group.zero_stage > 0 or group.offload_optimizer or group.offload_params or group.config_file
+    )
+    if wants_deepspeed:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            key = "config_file" if group.config_file else "zero_stage"
+            raise ConfigError(
+                f"distributed.{key} asks for DeepSpeed, which is not installed: pip install deepspeed "
+                "(or set distributed.zero_stage: 0)"
+            )
+    method = str(getattr(adapter, "method", "full"))
+    if method != "full" and zero_stage_of(group) == 3:
+        raise ConfigError(
+            f"adapter.method={method} with distributed.zero_stage: 3 is not supported yet (the adapter is "
+            "merged into ZeRO-3-sharded weights at publication); use distributed.zero_stage 0-2 with "
+            "adapters (the frozen base is then replicated), or adapter.method: full"
+        )
+
+
+def trainer_overrides(group: DistributedGroup) -> dict[str, Any]:
+    """``TrainingArguments`` keyword arguments for a Trainer stage: merge them last.
+
+    :func:`training_args_overrides`, plus, in a multi-process run, the process state set up by
+    :func:`init_process_group` (``use_configured_state``) and ``use_cpu=False`` (the Trainer
+    leaves DeepSpeed out when told to use the CPU).
+    """
+    out = training_args_overrides(group)
+    if "deepspeed" in out and is_distributed():
+        init_process_group()
+        out["use_cpu"] = False
+        out["accelerator_config"] = {"use_configured_state": True}
+    return out
+
+
+def make_accelerator(
+    group: DistributedGroup,
+    *,
+    max_grad_norm: float | None = None,
+    micro_batch_size: int | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A fresh ``accelerate.Accelerator`` for alignlab's own loops, on DeepSpeed when the group asks.
+
+    Args:
+        group: the stage's ``distributed`` settings.
+        max_grad_norm: DeepSpeed's ``gradient_clipping`` (DeepSpeed clips, not the loop).
+        micro_batch_size: ``train_micro_batch_size_per_gpu`` for loops that prepare no
+            DataLoader (PPO); DeepSpeed only books it.
+        kwargs: more ``Accelerator`` arguments (``gradient_accumulation_steps``, ``log_with``, ...).
+    """
+    from alignlab.models.accelerator import fresh_accelerator
+
+    acc_kwargs = accelerator_kwargs(group, max_grad_norm=max_grad_norm)
+    plugin = acc_kwargs.get("deepspeed_plugin")
+    if plugin is None:
+        return fresh_accelerator(cpu=not _cuda(), **acc_kwargs, **kwargs)
+    init_process_group()
+    # no zero.Init while models load: the frozen ones loaded beside the trained ones (PPO's
+    # reference and reward model) would be sharded too, with no engine to gather them. The trained
+    # ones are sharded when prepared; each process holds one whole copy until then.
+    plugin.zero3_init_flag = False
+    if micro_batch_size is not None:
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    accelerator = fresh_accelerator(**acc_kwargs, **kwargs)
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # accelerate registers the config with transformers whatever the flag
+    return accelerator
+
+
+def uses_deepspeed(group: DistributedGroup, stage: str | StageKind) -> bool:
+    """Whether the stage trains through DeepSpeed in this run."""
+    return deepspeed_config(group, stage) is not None
+
+
+def is_zero3(model: Any) -> bool:
+    """Whether the model's weights are ZeRO-3 shards (DeepSpeed marks such parameters with ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def consolidated_state_dict(model: Any) -> dict[str, Any] | None:
+    """The full state dict on the main process, None on the others (every process must call it).
+
+    ZeRO-3 shards are gathered one submodule at a time (as DeepSpeed's own
+    ``_zero3_consolidated_16bit_state_dict``), so the peak is one layer beyond the copy being built.
+    """
+    if not is_zero3(model):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()} if is_main_process() else None
+    import deepspeed
+
+    keys = set(model.state_dict().keys())
+    out: dict[str, Any] = {}
+
+    def walk(module: Any, prefix: str) -> None:
+        own = list(module.parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters(own, modifier_rank=None):
+            if is_main_process():
+                for name, param in module.named_parameters(recurse=False):
+                    out[prefix + name] = param.detach().clone().cpu()
+                for name, buf in module.named_buffers(recurse=False):
+                    if buf is not None and name not in module._non_persistent_buffers_set:
+                        out[prefix + name] = buf.detach().clone().cpu()
+        for name, child in module.named_children():
+            walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    if not is_main_process():
+        return None
+    missing = keys - out.keys()
+    if missing:
+        raise RuntimeError(f"ZeRO-3 consolidation missed {sorted(missing)[:5]}")
+    return {k: v for k, v in out.items() if k in keys}
+
+
+def main_process_model(model: Any) -> Any | None:
+    """The trained model, whole and free of DeepSpeed, on the main process; None on the others.
+
+    Every process must call it (under ZeRO-3 the shards are gathered collectively). In one
+    process, or when every process holds the whole model (ZeRO 0-2), the model itself comes back
+    on the main process; under ZeRO-3 a plain copy of the same class is built from the gathered
+    weights, so that evaluation and ``save_pretrained`` see ordinary tensors.
+    """
+    if not is_distributed():
+        return model
+    if not is_zero3(model):
+        barrier()  # the others' training is finished too before the main process goes on alone
+        return model if is_main_process() else None
+    state = consolidated_state_dict(model)
+    if state is None:
+        return None
+    import torch
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # else transformers builds the copy ZeRO-3-sharded again
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+    copy = type(model)(model.config).to(dtype)
+    copy.load_state_dict(state)
+    if getattr(model, "generation_config", None) is not None:
+        copy.generation_config = model.generation_config
+    return copy.eval()
+
+
+@contextlib.contextmanager
+def gathered_for_generation(engine: Any, accelerator: Any) -> Iterator[Any]:
+    """The unwrapped model with its ZeRO-3 weights gathered once, for a whole rollout.
+
+    Without this, every forward pass of ``generate`` (one per token) gathers every layer's
+    shards from the other processes. As TRL's ``unwrap_model_for_generation``: gather every
+    weight (``deepspeed.zero.GatheredParameters``) and take DeepSpeed's fetch hooks off while the
+    context lasts, put them back after. Outside ZeRO-3 it only unwraps.
+    """
+    if accelerator.distributed_type != "DEEPSPEED" or not is_zero3(engine):
+        yield accelerator.unwrap_model(engine)
+        return
+    import deepspeed
+    from trl.models.utils import add_hooks, remove_hooks
+
+    with deepspeed.zero.GatheredParameters(list(engine.parameters())):
+        remove_hooks(engine)
+        try:
+            yield accelerator.unwrap_model(engine)
+        finally:
+            add_hooks(engine)

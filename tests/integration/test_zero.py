@@ -1,0 +1,160 @@
+"""DeepSpeed ZeRO on CPU with 2 processes (``alignlab run --nproc 2``), against one process.
+
+Each test runs the same recipe entry twice on the same tiny base (``test`` size, ~0.9M
+parameters): once in one process with batch size 2B, once in 2 processes under ZeRO with batch
+size B per process (the same global batch, the same samples in the same order). DeepSpeed's CPU
+accelerator communicates through gloo here (no oneCCL installed).
+
+Tolerance: the loss curves agree to a relative 1e-3. Both runs compute in fp32 on the same data;
+what differs is how the gradients are summed (gloo's all-reduce / reduce-scatter across the two
+halves of the batch instead of one batched sum) and the order of float additions that brings,
+about 1e-7 relative per step here; 1e-3 leaves room for that to compound over the steps while
+still catching any real difference (a wrong learning-rate schedule, an unscaled gradient, a
+skipped step: each moved these curves by 1e-2 or more while this was written).
+
+PPO samples its responses: each process samples for its own half of the prompts, so its curve
+cannot equal the single-process one step by step. Its ZeRO-3 curve is compared to the same
+2-process run under ZeRO-0 (DeepSpeed's plain data parallelism), where only the sharding differs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignlab.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+REL_TOL = 1e-3  # see the module docstring
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The tiny base, built once in this process; both runs of a test start from its folder."""
+    from alignlab.stages.base import TinyBase
+
+    registry = Registry(tmp_path_factory.mktemp("base-registry"))
+    return TinyBase({"size": "test", "eval": {"gold": False}}).run(registry)
+
+
+def run_entry(tmp_path: Path, name: str, entry: str, nproc: int) -> Registry:
+    """Run a one-entry recipe (``entry`` is its YAML) in ``nproc`` processes; its registry."""
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(f"name: {name}\nstages:\n{entry}")
+    registry = tmp_path / f"registry-{name}"
+    command = [sys.executable, "-m", "alignlab.cli", "run", str(recipe), "--registry", str(registry)]
+    if nproc > 1:
+        command += ["--nproc", str(nproc)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return Registry(registry)
+
+
+def curve(artifact, key: str = "train_loss_curve") -> list[float]:
+    return [loss for _, loss in artifact.metrics[key]]
+
+
+def assert_same_curve(single: list[float], zero: list[float]) -> None:
+    assert len(single) == len(zero) and single
+    assert all(math.isfinite(x) for x in zero)
+    for step, (a, b) in enumerate(zip(single, zero), 1):
+        assert b == pytest.approx(a, rel=REL_TOL), f"step {step}: one process {a}, ZeRO {b}"
+
+
+def assert_trained_and_whole(artifact, base, auto_cls) -> None:
+    """Published by the main process, consolidated: loads with plain transformers, every weight whole."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert artifact.metrics["world_size"] == 2
+    model = auto_cls.from_pretrained(artifact.path)
+    reference = AutoModelForCausalLM.from_pretrained(base.path)
+    assert sum(p.numel() for p in model.parameters()) >= base.metrics["parameters"] - 1
+    name = "model.layers.0.mlp.down_proj.weight"
+    trained, start = model.state_dict()[name], reference.state_dict()[name]
+    assert trained.shape == start.shape and not torch.equal(trained, start), "weights did not change"
+    assert sorted(p.name for p in artifact.path.glob("*.safetensors")) == ["model.safetensors"]
+
+
+SFT = """  - name: sft
+    stage: sft
+    inputs: {{model: "{base}"}}
+    config:
+      data: {{source: "testbed:sft", limit: 96}}
+      train: {{max_steps: 5, lr: 1.0e-3, batch_size: {batch}, logging_steps: 1, warmup_ratio: 0.0}}
+      eval: {{gold: false}}
+      distributed: {{zero_stage: {zero}}}
+"""
+
+
+@pytest.mark.parametrize("zero", [3, pytest.param(2, marks=pytest.mark.slow)])
+def test_sft_under_zero_matches_one_process(tmp_path, base, zero):
+    from transformers import AutoModelForCausalLM
+
+    single = run_entry(tmp_path, "one", SFT.format(base=base.path, batch=8, zero=0), nproc=1).get("sft")
+    zero_run = run_entry(tmp_path, "zero", SFT.format(base=base.path, batch=4, zero=zero), nproc=2).get("sft")
+    assert zero_run.config["distributed"]["zero_stage"] == zero
+    assert_same_curve(curve(single), curve(zero_run))
+    assert_trained_and_whole(zero_run, base, AutoModelForCausalLM)
+
+
+REWARD = """  - name: rm
+    stage: reward_model
+    inputs: {{model: "{base}"}}
+    config:
+      data: {{source: "testbed:preferences?n=120", eval_share: 0.1}}
+      train: {{max_steps: 5, lr: 1.0e-3, batch_size: {batch}, logging_steps: 1, warmup_ratio: 0.0}}
+      eval: {{gold_n: 20}}
+      distributed: {{zero_stage: {zero}}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [2, 3])
+def test_reward_model_under_zero_matches_one_process(tmp_path, base, zero):
+    from transformers import AutoModelForSequenceClassification
+
+    single = run_entry(tmp_path, "one", REWARD.format(base=base.path, batch=8, zero=0), nproc=1).get("rm")
+    zero_run = run_entry(tmp_path, "zero", REWARD.format(base=base.path, batch=4, zero=zero), nproc=2).get(
+        "rm"
+    )
+    assert_same_curve(curve(single), curve(zero_run))
+    assert zero_run.metrics["accuracy"] == pytest.approx(single.metrics["accuracy"], abs=1e-6)
+    assert_trained_and_whole(zero_run, base, AutoModelForSequenceClassification)
+    scored = AutoModelForSequenceClassification.from_pretrained(zero_run.path)
+    assert scored.config.num_labels == 1
+
+
+PPO = """  - name: ppo
+    stage: ppo
+    inputs: {{model: "{base}", reward: "alignlab.testbed:gold_reward_fn"}}
+    config:
+      train: {{max_steps: 3, batch_size: 8, lr: 1.0e-4}}
+      ppo: {{mini_batch_size: 8}}
+      generation: {{max_new_tokens: 12}}
+      checkpoint_every: 0
+      eval: {{gold: false}}
+      distributed: {{zero_stage: {zero}}}
+"""
+
+
+@pytest.mark.slow
+def test_ppo_under_zero3(tmp_path, base):
+    from transformers import AutoModelForCausalLM
+
+    zero0 = run_entry(tmp_path, "zero0", PPO.format(base=base.path, zero=0), nproc=2).get("ppo")
+    zero3 = run_entry(tmp_path, "zero3", PPO.format(base=base.path, zero=3), nproc=2).get("ppo")
+    for key in ("value_loss", "kl", "reward_score"):
+        ours = [h[key] for h in zero3.metrics["history"]]
+        theirs = [h[key] for h in zero0.metrics["history"]]
+        assert all(math.isfinite(x) for x in ours)
+        assert ours == pytest.approx(theirs, rel=REL_TOL, abs=1e-6), key
+    assert_trained_and_whole(zero3, base, AutoModelForCausalLM)
