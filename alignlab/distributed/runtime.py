@@ -8,7 +8,8 @@ uses them in a running process:
 - :func:`trainer_overrides` / :func:`make_accelerator` — what Trainer stages and alignlab's own
   loops build from the group.
 - :func:`main_process_model` — the trained model, whole and plain, on the main process only
-  (ZeRO-3 shards are gathered one submodule at a time); the stage evaluates and publishes it
+  (ZeRO-3 shards are gathered one submodule at a time; a LoRA model keeps its adapter, to be
+  merged or saved alone); the stage evaluates and publishes it
   there while the other processes wait (:func:`alignlab.stages.runner.run_stage`).
 - :func:`gathered_for_generation` — ZeRO-3 weights gathered once for a whole rollout, instead of
   layer by layer for every generated token.
@@ -107,8 +108,9 @@ def check_distributed(group: DistributedGroup, adapter: Any = None) -> None:
     """Refuse what a stage cannot run, before anything loads.
 
     Raises:
-        ConfigError: DeepSpeed settings without deepspeed installed, or an adapter (LoRA, QLoRA,
-            prompt tuning) with ZeRO-3, whose merge at publication would need the gathered base.
+        ConfigError: DeepSpeed settings without deepspeed installed, or QLoRA / prompt tuning with
+            ZeRO-3 (LoRA and full fine-tuning are supported; QLoRA names CUDA and bitsandbytes
+            first where they are missing).
     """
     wants_deepspeed = (
         group.zero_stage > 0 or group.offload_optimizer or group.offload_params or group.config_file
@@ -123,12 +125,17 @@ def check_distributed(group: DistributedGroup, adapter: Any = None) -> None:
                 "(or set distributed.zero_stage: 0)"
             )
     method = str(getattr(adapter, "method", "full"))
-    if method != "full" and zero_stage_of(group) == 3:
-        raise ConfigError(
-            f"adapter.method={method} with distributed.zero_stage: 3 is not supported yet (the adapter is "
-            "merged into ZeRO-3-sharded weights at publication); use distributed.zero_stage 0-2 with "
-            "adapters (the frozen base is then replicated), or adapter.method: full"
-        )
+    if zero_stage_of(group) != 3 or method in ("full", "lora"):
+        return
+    if method == "qlora":
+        from alignlab.models.adapters import check_qlora_available
+
+        check_qlora_available()  # on CPU: names what is missing (CUDA, bitsandbytes) first
+    raise ConfigError(
+        f"adapter.method={method} with distributed.zero_stage: 3 is not supported yet (only lora and full "
+        "are, docs/scaling.md); use distributed.zero_stage 0-2 with this adapter (the frozen base is then "
+        "replicated), or adapter.method: lora"
+    )
 
 
 def trainer_overrides(group: DistributedGroup) -> dict[str, Any]:
@@ -192,6 +199,11 @@ def is_zero3(model: Any) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
+def trainable_parameters(model: Any) -> int:
+    """How many parameters train, whole: a ZeRO-3 shard counts for its full size (``ds_numel``)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+
+
 def consolidated_state_dict(model: Any) -> dict[str, Any] | None:
     """The full state dict on the main process, None on the others (every process must call it).
 
@@ -232,7 +244,8 @@ def main_process_model(model: Any) -> Any | None:
     Every process must call it (under ZeRO-3 the shards are gathered collectively). In one
     process, or when every process holds the whole model (ZeRO 0-2), the model itself comes back
     on the main process; under ZeRO-3 a plain copy of the same class is built from the gathered
-    weights, so that evaluation and ``save_pretrained`` see ordinary tensors.
+    weights (:func:`plain_copy`; a LoRA model keeps its adapter, frozen base included), so that
+    evaluation, ``merge_and_unload`` and ``save_pretrained`` see ordinary tensors.
     """
     if not is_distributed():
         return model
@@ -242,16 +255,39 @@ def main_process_model(model: Any) -> Any | None:
     state = consolidated_state_dict(model)
     if state is None:
         return None
-    import torch
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()  # else transformers builds the copy ZeRO-3-sharded again
-    dtype = next(iter(state.values())).dtype if state else torch.float32
-    copy = type(model)(model.config).to(dtype)
-    copy.load_state_dict(state)
+    copy = plain_copy(model, state)
     if getattr(model, "generation_config", None) is not None:
         copy.generation_config = model.generation_config
     return copy.eval()
+
+
+def plain_copy(model: Any, state: dict[str, Any]) -> Any:
+    """A fresh, unsharded model of ``model``'s architecture holding ``state`` (its full state dict).
+
+    A peft model (LoRA) is rebuilt the same way it was made, ``get_peft_model`` on a fresh base
+    with the same adapter config, so the copy can still merge (``merge_and_unload``) or save its
+    adapter alone (``save_pretrained``): both then see whole weights.
+    """
+    import torch
+
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+    peft_configs = getattr(model, "peft_config", None)
+    if not peft_configs:
+        copy = type(model)(model.config).to(dtype)
+    else:
+        from peft import get_peft_model
+
+        base = model.get_base_model()
+        name, *others = list(peft_configs)
+        copy = get_peft_model(type(base)(base.config).to(dtype), peft_configs[name], adapter_name=name)
+        for other in others:
+            copy.add_adapter(other, peft_configs[other])
+        copy.set_adapter(model.active_adapter)
+    copy.load_state_dict(state)
+    return copy
 
 
 @contextlib.contextmanager

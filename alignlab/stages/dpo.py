@@ -22,7 +22,7 @@ from typing import Any
 
 from alignlab.config import load_config
 from alignlab.distributed.config import DistributedGroup
-from alignlab.distributed.runtime import check_distributed, is_zero3, main_process_model
+from alignlab.distributed.runtime import check_distributed, is_zero3, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
@@ -454,9 +454,7 @@ class DPO:
             )
         metrics.update(reward_metrics(history))
         metrics["beta"] = cfg.resolved_beta
-        metrics["trainable_parameters"] = sum(
-            p.numel() for p in trainer.model.parameters() if p.requires_grad
-        )
+        metrics["trainable_parameters"] = trainable_parameters(trainer.model)
         policy = main_process_model(trainer.model)
         if policy is None:  # another process: the main one evaluates and publishes
             return

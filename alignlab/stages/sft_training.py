@@ -57,7 +57,7 @@ def train_sft(
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from alignlab.distributed.runtime import main_process_model
+    from alignlab.distributed.runtime import main_process_model, trainable_parameters
     from alignlab.models.adapters import finalize, peft_config
 
     args = TRLSFTConfig(
@@ -76,6 +76,6 @@ def train_sft(
     )
     trainer.train()
     metrics = log_history_metrics(trainer.state.log_history)
-    metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics["trainable_parameters"] = trainable_parameters(trainer.model)
     model = main_process_model(trainer.model)
     return (None if model is None else finalize(model, adapter)), metrics

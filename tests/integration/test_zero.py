@@ -158,3 +158,141 @@ def test_ppo_under_zero3(tmp_path, base):
         assert all(math.isfinite(x) for x in ours)
         assert ours == pytest.approx(theirs, rel=REL_TOL, abs=1e-6), key
     assert_trained_and_whole(zero3, base, AutoModelForCausalLM)
+
+
+# LoRA under ZeRO-3 (issue 6 §3). The frozen base is sharded like every other weight; at
+# publication the main process gathers base and adapter and either merges them (a plain model) or
+# saves the adapter alone (adapter_model.safetensors). Same comparison and tolerance as above:
+# the same global batch in one process and in two, fp32 throughout.
+
+LORA = "{{method: lora, r: 4, alpha: 8, merge: {merge}}}"
+
+
+def assert_same_weights(single_path: Path, zero_path: Path, auto_cls) -> None:
+    """The two runs' published weights agree (to REL_TOL of the largest change from the base)."""
+    one = auto_cls.from_pretrained(single_path).state_dict()
+    zero = auto_cls.from_pretrained(zero_path).state_dict()
+    assert one.keys() == zero.keys()
+    for name in one:
+        scale = float(one[name].abs().max()) or 1.0
+        assert float((one[name] - zero[name]).abs().max()) <= REL_TOL * scale, name
+
+
+def assert_merged_lora(artifact, base, auto_cls) -> None:
+    """A merged LoRA artifact: a plain model (no lora weights), the adapted weights moved."""
+    assert artifact.kind != "adapter"
+    assert_trained_and_whole(artifact, base, auto_cls)
+    model = auto_cls.from_pretrained(artifact.path)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def assert_lora_adapter(artifact, base) -> None:
+    """An adapter artifact: adapter_model.safetensors, whole, loads onto the base with plain peft."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    assert artifact.kind == "adapter" and artifact.metrics["world_size"] == 2
+    weights = load_file(artifact.path / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(w.numel() > 0 for w in weights.values()), "adapter weights not consolidated"
+    assert any(bool(w.abs().sum() > 0) for w in lora_b), "lora_B is still zero: the adapter did not train"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.path), str(artifact.path))
+    loaded = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert loaded and any(bool(p.abs().sum() > 0) for p in loaded.values())
+    assert not any(torch.isnan(p).any() for p in loaded.values())
+
+
+def adapter_path_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+SFT_LORA = SFT.replace("distributed:", f"adapter: {LORA}\n      distributed:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merge", ["true", "false"])
+def test_lora_sft_under_zero3_matches_one_process(tmp_path, base, merge):
+    from transformers import AutoModelForCausalLM
+
+    entry = SFT_LORA.replace("{merge}", merge)
+    single = run_entry(tmp_path, "one", entry.format(base=base.path, batch=8, zero=0), nproc=1).get("sft")
+    zero3 = run_entry(tmp_path, "zero", entry.format(base=base.path, batch=4, zero=3), nproc=2).get("sft")
+    assert_same_curve(curve(single), curve(zero3))
+    assert zero3.metrics["trainable_parameters"] == single.metrics["trainable_parameters"]
+    if merge == "true":
+        assert_merged_lora(zero3, base, AutoModelForCausalLM)
+        assert_same_weights(single.path, zero3.path, AutoModelForCausalLM)
+    else:
+        assert_lora_adapter(zero3, base)
+        one, zero = adapter_path_weights(single.path), adapter_path_weights(zero3.path)
+        assert one.keys() == zero.keys()
+        for name in one:
+            assert zero[name] == pytest.approx(
+                one[name], rel=REL_TOL, abs=REL_TOL * float(one[name].abs().max())
+            )
+
+
+@pytest.mark.slow
+def test_lora_reward_model_under_zero3_matches_one_process(tmp_path, base):
+    from transformers import AutoModelForSequenceClassification
+
+    entry = REWARD.replace("distributed:", f"adapter: {LORA}\n      distributed:").replace("{merge}", "true")
+    single = run_entry(tmp_path, "one", entry.format(base=base.path, batch=8, zero=0), nproc=1).get("rm")
+    zero3 = run_entry(tmp_path, "zero", entry.format(base=base.path, batch=4, zero=3), nproc=2).get("rm")
+    assert_same_curve(curve(single), curve(zero3))
+    assert zero3.metrics["accuracy"] == pytest.approx(single.metrics["accuracy"], abs=1e-6)
+    assert_merged_lora(zero3, base, AutoModelForSequenceClassification)
+    assert_same_weights(single.path, zero3.path, AutoModelForSequenceClassification)
+
+
+DPO_LORA = """  - name: dpo
+    stage: dpo
+    inputs: {{model: "{base}"}}
+    config:
+      data: {{source: "testbed:preferences?n=48"}}
+      train: {{max_steps: 4, lr: 1.0e-3, batch_size: {batch}, logging_steps: 1, warmup_ratio: 0.0}}
+      adapter: {{method: lora, r: 4, alpha: 8, merge: false}}
+      kl: {{n: 4, max_new_tokens: 8}}
+      eval: {{gold: false}}
+      distributed: {{zero_stage: {zero}}}
+"""
+
+
+@pytest.mark.slow
+def test_lora_dpo_under_zero3_matches_one_process(tmp_path, base):
+    single = run_entry(tmp_path, "one", DPO_LORA.format(base=base.path, batch=8, zero=0), nproc=1).get("dpo")
+    zero3 = run_entry(tmp_path, "zero", DPO_LORA.format(base=base.path, batch=4, zero=3), nproc=2).get("dpo")
+    losses = curve(zero3)
+    # the reference is the adapter-free policy: at the first step (lora_B = 0) the two agree exactly
+    assert losses[0] == pytest.approx(math.log(2), rel=1e-6)
+    assert_same_curve(curve(single), losses)
+    assert_lora_adapter(zero3, base)
+    assert math.isfinite(zero3.metrics["kl_to_reference"]) and zero3.metrics["kl_to_reference_k3"] > 0
+
+
+@pytest.mark.slow
+def test_lora_ppo_under_zero3(tmp_path, base):
+    """LoRA on policy and critic, one engine; the reference is the policy with its adapter off.
+
+    As for full PPO above, each process samples its own half of the prompts, so the ZeRO-3 run is
+    compared to the same 2-process LoRA run under ZeRO-0, where only the sharding differs.
+    """
+    from transformers import AutoModelForCausalLM
+
+    entry = PPO.replace("distributed:", f"adapter: {LORA}\n      distributed:").replace("{merge}", "true")
+    zero0 = run_entry(tmp_path, "zero0", entry.format(base=base.path, zero=0), nproc=2).get("ppo")
+    zero3 = run_entry(tmp_path, "zero3", entry.format(base=base.path, zero=3), nproc=2).get("ppo")
+    history = zero3.metrics["history"]
+    assert history[0]["kl"] == 0.0  # before the first update the adapter-free policy is the policy
+    for key in ("value_loss", "kl", "reward_score"):
+        ours = [h[key] for h in history]
+        theirs = [h[key] for h in zero0.metrics["history"]]
+        assert all(math.isfinite(x) for x in ours)
+        assert ours == pytest.approx(theirs, rel=REL_TOL, abs=1e-6), key
+    assert zero3.metrics["trainable_parameters"] == zero0.metrics["trainable_parameters"]
+    assert_merged_lora(zero3, base, AutoModelForCausalLM)
+    assert_same_weights(zero0.path, zero3.path, AutoModelForCausalLM)
