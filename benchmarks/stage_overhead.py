@@ -151,26 +151,27 @@ def trl_side(task: str, fixture: Path, tmp: Path, train: dict) -> int:
 
 
 def count_sft_tokens(fixture: Path, steps: int, batch: int, packed: bool) -> int:
-    """Tokens the SFT run trains on: ``steps * batch`` sequences, real tokens only (no padding).
+    """Real (non-padding) tokens the SFT run trains on: ``steps * batch`` rows, cycling the data.
 
-    Packed sequences are full rows of ``MAX_LENGTH`` (best-fit packing leaves little empty);
-    padded rows hold one example each. Counted from the tokenized data, not from the trainer.
+    Padded rows hold one example each; packed rows are TRL's best-fit-decreasing packs of
+    ``MAX_LENGTH`` tokens (``trl.pack_dataset``, what SFTTrainer uses). Counted from the tokenized
+    data, not from the trainer.
     """
+    from datasets import Dataset
     from transformers import AutoTokenizer
+    from trl.data_utils import pack_dataset
 
     tok = AutoTokenizer.from_pretrained(fixture / "policy")
-    lengths = [
-        min(
-            MAX_LENGTH,
-            len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]),
-        )
+    ids = [
+        tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"][:MAX_LENGTH]
         for r in records(fixture / "sft.jsonl")
     ]
-    total, rows = sum(lengths), steps * batch
     if packed:
-        return min(rows * MAX_LENGTH, total)
-    mean = total / len(lengths)
-    return int(min(rows, len(lengths)) * mean)
+        rows = pack_dataset(Dataset.from_dict({"input_ids": ids}), MAX_LENGTH, strategy="bfd")
+        lengths = [len(r) for r in rows["input_ids"]]
+    else:
+        lengths = [len(r) for r in ids]
+    return sum(lengths[i % len(lengths)] for i in range(steps * batch))
 
 
 def main() -> None:
