@@ -10,6 +10,7 @@ Example:
     alignlab eval rm-accuracy reward_model --data "testbed:preferences?n=500&seed=3"
     alignlab eval best-of-n sft --reward reward_model --n 8
     alignlab eval overopt ppo
+    alignlab eval gold sft --reward reward_model
 """
 
 from __future__ import annotations
@@ -116,6 +117,22 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="where to draw the plot (default: reports/<name>-v<N>/overoptimization.png)",
     )
     p.add_argument("--x", choices=["sqrt_kl", "kl"], default="sqrt_kl", help="x axis (default sqrt_kl)")
+
+    p = command(
+        "gold",
+        _gold,
+        "testbed gold score per task family, format headroom, and whether a reward sees correctness",
+    )
+    p.add_argument("ref", metavar="REF", help="a causal LM reference (the policy)")
+    p.add_argument("--n", type=int, default=200, help="held-out testbed prompts (default 200)")
+    p.add_argument(
+        "--reward",
+        default=None,
+        help="also probe this reward (model reference or pkg.mod:fn) on sampled answers",
+    )
+    p.add_argument("--k", type=int, default=8, help="samples per prompt for the reward probe (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -265,6 +282,44 @@ def _overopt(args: argparse.Namespace) -> int:
     )
     lines.append(f"plot: {plot}")
     return _finish(args, registry, result, result.to_metrics(), "eval.overopt", lines)
+
+
+def _gold(args: argparse.Namespace) -> int:
+    from alignlab.eval.gold_breakdown import gold_breakdown, reward_sees_correctness
+
+    registry = Registry(args.registry)
+    result = gold_breakdown(args.ref, args.n, registry, max_new_tokens=args.max_new_tokens)
+    lines = [
+        f"{args.ref}: gold {result.gold_score:.4f}, accuracy {result.gold_accuracy:.4f}, format "
+        f"{result.gold_format:.4f}, format headroom {result.format_headroom:.4f} ({result.prompts} prompts)",
+        f"  {'family':14s} {'n':>4s} {'gold':>7s} {'acc':>7s} {'format':>7s} {'headroom':>9s}",
+    ]
+    for name, fam in result.families.items():
+        lines.append(
+            f"  {name:14s} {fam.prompts:4d} {fam.gold_score:7.3f} {fam.gold_accuracy:7.3f} "
+            f"{fam.gold_format:7.3f} {fam.format_headroom:9.3f}"
+        )
+    metrics = result.to_metrics()
+    output: Any = result
+    if args.reward:
+        probe = reward_sees_correctness(
+            args.ref,
+            args.reward,
+            args.n,
+            args.k,
+            registry,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+        )
+        share = "n/a" if probe.share is None else f"{probe.share:.3f}"
+        lines.append(
+            f"{args.reward} ranks the correct answer first in {share} of {probe.pairs} (correct, wrong) "
+            f"pairs of clean samples (0.5 = blind to correctness; {probe.k} samples per prompt, "
+            f"sampled accuracy {probe.sampled_accuracy:.3f})"
+        )
+        metrics = {**metrics, **probe.to_metrics(), "correctness_reward": args.reward}
+        output = {"breakdown": _as_json(result), "probe": _as_json(probe)}
+    return _finish(args, registry, output, metrics, "eval.gold", lines)
 
 
 # ---- output and storage -------------------------------------------------------------------------

@@ -33,6 +33,10 @@ _LAZY = {
     "OverOptimizationResult": "alignlab.eval.overoptimization",
     "plot_overoptimization": "alignlab.eval.overoptimization",
     "write_report": "alignlab.eval.report",
+    "gold_breakdown": "alignlab.eval.gold_breakdown",
+    "reward_sees_correctness": "alignlab.eval.gold_breakdown",
+    "GoldBreakdown": "alignlab.eval.gold_breakdown",
+    "CorrectnessProbe": "alignlab.eval.gold_breakdown",
 }
 
 __all__ = sorted(_LAZY)
