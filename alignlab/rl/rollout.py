@@ -5,9 +5,9 @@ length (right padding after each EOS), ``V`` the vocabulary. The sequence a mode
 ``cat(query, response)``, (B, P + T); the logits that predict response token ``t`` sit at position
 ``P - 1 + t``, and so does the critic's value ``V(s_t)`` of the state before that token.
 
-One rollout costs one ``generate`` call per chunk (KV cache), then one batched forward pass each
-of the policy (old log-probs), the reference (reference log-probs) and the critic (values), all
-under inference mode, and one call of the scorer. Nothing here is computed again during the PPO
+One rollout costs one ``generate`` call per chunk (KV cache), whose logits give the old
+log-probs, then one batched forward pass each of the reference (reference log-probs) and the
+critic (values), all under inference mode, and one call of the scorer. Nothing here is computed again during the PPO
 epochs that train on the rollout.
 
 Example:
@@ -257,7 +257,28 @@ def sample_responses(
     pad_id: int,
 ) -> Tensor:
     """(B, T) sampled response ids (KV cache, stops at EOS), padded with ``pad_id`` to one width."""
-    pieces = []
+    return sample_with_logprobs(policy, query, query_mask, settings, eos_ids, pad_id, logprobs=False)[0]
+
+
+@torch.inference_mode()
+def sample_with_logprobs(
+    policy: Any,
+    query: Tensor,
+    query_mask: Tensor,
+    settings: GenerationSettings,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    *,
+    logprobs: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Sampled responses (B, T) and, from the logits ``generate`` computed to sample them, their
+    log-probabilities (B, T) at the sampling temperature: the old log-probs of PPO, with no second
+    forward pass of the policy (as in TRL). Positions after a row's end hold 0.
+
+    The logits of one generation chunk (chunk × T × V floats) live until its log-probs are taken,
+    as the (chunk, T, V) logits of a forward pass would.
+    """
+    ids, lps = [], []
     for part in chunks(query.shape[0], settings.batch_size):
         out = policy.generate(
             input_ids=query[part],
@@ -270,10 +291,23 @@ def sample_responses(
             eos_token_id=list(eos_ids),
             pad_token_id=pad_id,
             use_cache=True,
+            return_dict_in_generate=True,
+            output_logits=logprobs,
         )
-        pieces.append(out[:, query.shape[1] :])
-    width = max(p.shape[1] for p in pieces)
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad_id) for p in pieces])
+        response = out.sequences[:, query.shape[1] :]
+        ids.append(response)
+        if logprobs:
+            logits = torch.stack(out.logits, dim=1)  # (chunk, T, V), raw: before temperature and top-k/p
+            del out
+            if settings.temperature != 1.0:
+                logits = logits / settings.temperature
+            lps.append(logprobs_from_logits(logits, response))
+            del logits
+    width = max(p.shape[1] for p in ids)
+    response = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad_id) for p in ids])
+    if not logprobs:
+        return response, None
+    return response, torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in lps])
 
 
 @torch.inference_mode()
@@ -287,22 +321,28 @@ def rollout_forward(
     mask: Tensor,
     temperature: float,
     batch_size: int,
+    old_logprobs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Old log-probs, reference log-probs and values, (B, T) each, in batched inference passes."""
+    """Old log-probs, reference log-probs and values, (B, T) each, in batched inference passes.
+
+    ``old_logprobs`` (from :func:`sample_with_logprobs`) skips the policy's pass.
+    """
     ids = torch.cat([query, response], dim=1)
     attn = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
     T = response.shape[1]
     logprobs, ref_logprobs, values = [], [], []
     for part in chunks(ids.shape[0], batch_size):
-        logits = policy_logits(policy, ids[part], attn[part], T, temperature)
-        logprobs.append(logprobs_from_logits(logits, response[part]))
-        del logits
+        if old_logprobs is None:
+            logits = policy_logits(policy, ids[part], attn[part], T, temperature)
+            logprobs.append(logprobs_from_logits(logits, response[part]))
+            del logits
         with reference_model(policy, reference) as ref:
             ref_logits = policy_logits(ref, ids[part], attn[part], T, temperature)
         ref_logprobs.append(logprobs_from_logits(ref_logits, response[part]))
         del ref_logits
         values.append(token_values(critic, ids[part], attn[part], T))
-    return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+    old = old_logprobs if old_logprobs is not None else torch.cat(logprobs)
+    return old, torch.cat(ref_logprobs), torch.cat(values)
 
 
 def collect_rollout(
@@ -331,8 +371,8 @@ def collect_rollout(
         reference: the frozen reference policy; None = ``policy`` with its adapter disabled.
 
     Returns:
-        The rollout, and seconds spent per phase: ``generation``, ``forward`` (old log-probs,
-        reference log-probs, values) and ``scoring``.
+        The rollout, and seconds spent per phase: ``generation``, ``forward`` (reference log-probs
+        and values; the old log-probs come with the generation) and ``scoring``.
     """
     from alignlab.models.generation import left_pad
 
@@ -342,9 +382,12 @@ def collect_rollout(
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    response = sample_responses(policy, query, query_mask, settings, eos_ids, tokenizer.pad_token_id)
+    response, old_logprobs = sample_with_logprobs(
+        policy, query, query_mask, settings, eos_ids, tokenizer.pad_token_id
+    )
     mask, ended = response_mask(response, eos_ids)
     response = torch.where(mask.bool(), response, tokenizer.pad_token_id)
+    old_logprobs = old_logprobs * mask  # after the end, generate sampled padding the forward passes mask
     seconds["generation"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -358,6 +401,7 @@ def collect_rollout(
         mask,
         settings.temperature,
         settings.batch_size,
+        old_logprobs=old_logprobs,
     )
     seconds["forward"] = time.perf_counter() - start
 

@@ -3,8 +3,8 @@
 One PPO step (InstructGPT; Ziegler et al. 2019):
 
 1. rollout — sample a response to each of ``train.batch_size`` prompts (KV cache, left padding,
-   stop at EOS), then one inference pass each for the old log-probs, the reference log-probs
-   and the critic's values (``alignlab.rl.rollout``);
+   stop at EOS; the old log-probs from the sampling logits), then one inference pass each for
+   the reference log-probs and the critic's values (``alignlab.rl.rollout``);
 2. scores — the reward model (or function) on prompt + response, normalised, clipped, minus
    ``missing_eos_penalty`` for responses that never ended (``ScoreShaper``);
 3. rewards — ``-β·KL_t`` on every token, the score added on the last one; GAE(γ, λ) advantages and

@@ -97,7 +97,8 @@ def test_ppo_raises_the_reward_and_publishes_a_plain_transformers_model(tiny_pip
     assert history[-1]["response_length"] < history[0]["response_length"]
     # the policy starts as its reference, exactly: no mixed precision inherited from the SFT fixture's
     # TRL trainer (accelerate's state is process-wide) on the policy but not on the reference
-    assert history[0]["kl"] == 0.0 and history[-1]["kl"] > 0
+    # old log-probs from generate's KV-cached logits, reference from a full pass: equal up to rounding
+    assert abs(history[0]["kl"]) < 1e-4 and history[-1]["kl"] > 1e-3
     assert all(torch.isfinite(torch.tensor([h["policy_loss"], h["value_loss"]])).all() for h in history)
     assert "gold_score" in history[2] and "gold_score" in history[5] and "gold_score" not in history[0]
 
@@ -235,6 +236,7 @@ def test_lora_ppo_uses_the_base_as_reference_and_publishes_a_merged_model(tiny_p
     )
     art = PPO(cfg).run(registry, model=arts["sft"].ref, reward=brevity_reward)
     history = art.metrics["history"]
-    assert history[0]["kl"] == 0.0 and history[1]["kl"] != 0.0  # adapter off = the reference, exactly
+    # adapter off = the reference (up to the rounding of generate's KV-cached logits vs a full pass)
+    assert abs(history[0]["kl"]) < 1e-4 and abs(history[1]["kl"]) > 1e-4
     assert 0 < art.metrics["trainable_parameters"] < 100_000
     assert art.kind == "model" and set(_weights(art.path)) == set(_weights(arts["sft"].path))

@@ -287,7 +287,8 @@ def test_lora_ppo_under_zero3(tmp_path, base):
     zero0 = run_entry(tmp_path, "zero0", entry.format(base=base.path, zero=0), nproc=2).get("ppo")
     zero3 = run_entry(tmp_path, "zero3", entry.format(base=base.path, zero=3), nproc=2).get("ppo")
     history = zero3.metrics["history"]
-    assert history[0]["kl"] == 0.0  # before the first update the adapter-free policy is the policy
+    # before the first update the adapter-free policy is the policy (up to generate's rounding)
+    assert abs(history[0]["kl"]) < 1e-4
     for key in ("value_loss", "kl", "reward_score"):
         ours = [h[key] for h in history]
         theirs = [h[key] for h in zero0.metrics["history"]]

@@ -167,10 +167,41 @@ def test_collect_rollout_shapes_and_reference_kl(tiny) -> None:
     assert B == len(PROMPTS) and T <= 6 and set(seconds) == {"generation", "forward", "scoring"}
     for t in (rollout.logprobs, rollout.ref_logprobs, rollout.values, rollout.mask):
         assert t.shape == (B, T)
-    torch.testing.assert_close(rollout.logprobs, rollout.ref_logprobs)  # reference == policy before training
+    # reference == policy before training; the old log-probs come from generate's own logits
+    on = rollout.mask.bool()
+    torch.testing.assert_close(rollout.logprobs[on], rollout.ref_logprobs[on], rtol=1e-4, atol=1e-5)
+    assert (rollout.logprobs[~on] == 0).all()
     assert rollout.raw_scores.tolist() == [float(len(r)) for r in rollout.responses]
     half = rollout.select(torch.tensor([2, 0]))
     assert half.prompts == [PROMPTS[2], PROMPTS[0]] and torch.equal(half.response[1], rollout.response[0])
+
+
+def test_generation_logprobs_equal_a_forward_pass_at_any_temperature(tiny) -> None:
+    policy, _, tok = tiny
+    queries, _, _ = encode_prompts(tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64)
+    from alignlab.models.generation import left_pad
+    from alignlab.rl.rollout import sample_with_logprobs
+
+    query, query_mask = left_pad(queries, tok.pad_token_id)
+    for temperature, batch_size in (
+        (1.0, 64),
+        (0.7, 3),
+    ):  # batch 3: two generation chunks of different widths
+        torch.manual_seed(0)
+        settings = GenerationSettings(max_new_tokens=6, temperature=temperature, batch_size=batch_size)
+        response, logprobs = sample_with_logprobs(
+            policy, query, query_mask, settings, [tok.eos_token_id], tok.pad_token_id
+        )
+        mask, _ = response_mask(response, [tok.eos_token_id])
+        response = torch.where(mask.bool(), response, tok.pad_token_id)
+        ids = torch.cat([query, response], dim=1)
+        attn = torch.cat([query_mask, mask], dim=1)
+        with torch.no_grad():
+            expected = logprobs_from_logits(
+                policy_logits(policy, ids, attn, response.shape[1], temperature), response
+            )
+        on = mask.bool()
+        torch.testing.assert_close(logprobs[on], expected[on], rtol=1e-4, atol=1e-5)
 
 
 def test_update_starts_on_policy_and_changes_parameters(tiny) -> None:
