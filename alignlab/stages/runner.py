@@ -74,6 +74,49 @@ def data_entry(role: str, records: Any) -> dict[str, Any]:
     }
 
 
+def run_policy_stage(
+    stage: Any,
+    registry: Registry | None,
+    model: str | None,
+    *,
+    data_kind: str,
+    force: bool,
+    body: Callable[[StageRun, Any], None],
+) -> Artifact:
+    """Run a stage that fine-tunes one policy (``model``) on one data set (SFT, DPO).
+
+    Checks that QLoRA can run here, resolves the input, loads ``stage.config.data`` as records of
+    ``data_kind`` (they become ``run.data["train"]``), and publishes a model, or an adapter when
+    ``stage.config.adapter`` keeps one; ``body(run, config)`` trains and saves into ``run.dir``.
+    """
+    from alignlab.data import load_records
+    from alignlab.models.adapters import publishes_adapter, quantization_kwargs
+
+    cfg = stage.config
+    registry = registry or Registry()
+    quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
+    inputs = resolve_inputs(registry, {"model": model}, required=("model",))
+    records = load_records(
+        cfg.data.source,
+        kind=data_kind,
+        registry=registry,
+        format=cfg.data.format,
+        strict=cfg.data.strict,
+        limit=cfg.data.limit,
+    )
+    return run_stage(
+        stage=stage.name,
+        name=cfg.output,
+        kind="adapter" if publishes_adapter(cfg.adapter) else "model",
+        config=cfg,
+        registry=registry,
+        inputs=inputs,
+        data={"train": records},
+        force=force,
+        body=lambda run: body(run, cfg),
+    )
+
+
 def run_stage(
     *,
     stage: str,

@@ -16,7 +16,7 @@ from alignlab.distributed.runtime import check_distributed
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
+from alignlab.stages.runner import StageRun, run_policy_stage
 
 log = logging.getLogger("alignlab")
 
@@ -88,33 +88,7 @@ class SFT:
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
     ) -> Artifact:
-        from alignlab.data import load_records
-        from alignlab.models.adapters import publishes_adapter, quantization_kwargs
-
-        cfg = self.config
-        registry = registry or Registry()
-        quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
-        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
-        demos = load_records(
-            cfg.data.source,
-            kind="sft",
-            registry=registry,
-            format=cfg.data.format,
-            strict=cfg.data.strict,
-            limit=cfg.data.limit,
-        )
-        kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
-        return run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=kind,
-            config=cfg,
-            registry=registry,
-            inputs=inputs,
-            data={"train": demos},
-            force=force,
-            body=lambda run: self._train(run, cfg),
-        )
+        return run_policy_stage(self, registry, model, data_kind="sft", force=force, body=self._train)
 
     def _train(self, run: StageRun, cfg: SFTConfig) -> None:
         from alignlab.models import load_causal_lm, save_model
