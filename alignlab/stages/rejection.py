@@ -22,7 +22,7 @@ from alignlab.distributed.runtime import check_distributed, is_main_process
 from alignlab.errors import ConfigError, DataError
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import RewardFn, RewardInput, Scorer, prompt_text, resolve_reward  # noqa: F401 (re-exported)
-from alignlab.stages.evaluation import gold_metrics, uses_testbed
+from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
 
@@ -378,26 +378,13 @@ class RejectionSampling:
         reward_inputs, data = self._sources(reward, prompts)
 
         def body(run: StageRun) -> None:
-            from alignlab.models import load_causal_lm, save_model
-            from alignlab.models.adapters import quantization_kwargs
-            from alignlab.stages.sft_training import train_sft
+            from alignlab.models import save_model
+            from alignlab.stages.sft_training import fine_tune_run_policy
 
-            model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
-            trained, metrics = train_sft(
-                model,
-                tok,
-                run.data["train"].records,
-                train=cfg.train,
-                adapter=cfg.adapter,
-                tracking=cfg.tracking,
-                run_name=cfg.output,
-                max_length=cfg.data.max_length,
-                loss_on=cfg.loss_on,
-                distributed=cfg.distributed,
-            )
-            if trained is None:  # another process: the main one evaluates and publishes
+            result = fine_tune_run_policy(run, cfg)
+            if result is None:  # another process: the main one evaluates and publishes
                 return
-            metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
+            trained, tok, metrics = result
             metrics.update(
                 {k: v for k, v in samples.metrics.items() if k.startswith("best_of_n") or k == "round"}
             )

@@ -14,7 +14,6 @@ from alignlab.config import load_config
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed
 from alignlab.registry import Artifact, Registry
-from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, run_policy_stage
 
@@ -91,26 +90,12 @@ class SFT:
         return run_policy_stage(self, registry, model, data_kind="sft", force=force, body=self._train)
 
     def _train(self, run: StageRun, cfg: SFTConfig) -> None:
-        from alignlab.models import load_causal_lm, save_model
-        from alignlab.models.adapters import quantization_kwargs
-        from alignlab.stages.sft_training import train_sft
+        from alignlab.models import save_model
+        from alignlab.stages.sft_training import fine_tune_run_policy
 
-        model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
-        trained, metrics = train_sft(
-            model,
-            tok,
-            run.data["train"].records,
-            train=cfg.train,
-            adapter=cfg.adapter,
-            tracking=cfg.tracking,
-            run_name=cfg.output,
-            max_length=cfg.data.max_length,
-            loss_on=cfg.loss_on,
-            packing=cfg.packing,
-            distributed=cfg.distributed,
-        )
-        if trained is None:  # another process: the main one evaluates and publishes
+        result = fine_tune_run_policy(run, cfg, packing=cfg.packing)
+        if result is None:  # another process: the main one evaluates and publishes
             return
-        metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
+        trained, tok, metrics = result
         save_model(trained, tok, run.dir)
         run.metrics.update(metrics)

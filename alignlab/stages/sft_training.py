@@ -79,3 +79,37 @@ def train_sft(
     metrics["trainable_parameters"] = trainable_parameters(trainer.model)
     model = main_process_model(trainer.model)
     return (None if model is None else finalize(model, adapter)), metrics
+
+
+def fine_tune_run_policy(
+    run: Any, cfg: Any, *, packing: bool = False
+) -> tuple[Any, Any, dict[str, Any]] | None:
+    """Load ``run.inputs["model"]`` and fine-tune it on ``run.data["train"]`` with :func:`train_sft`.
+
+    ``cfg`` is a stage config with ``train``, ``adapter``, ``tracking``, ``output``,
+    ``data.max_length``, ``data.source``, ``loss_on``, ``distributed`` and ``eval`` (SFT,
+    RejectionSampling). Returns ``(model, tokenizer, metrics)`` with the gold metrics added, or
+    None in a process other than the main one (it evaluates and publishes).
+    """
+    from alignlab.models import load_causal_lm
+    from alignlab.models.adapters import quantization_kwargs
+    from alignlab.stages.evaluation import gold_metrics, uses_testbed
+
+    model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
+    trained, metrics = train_sft(
+        model,
+        tok,
+        run.data["train"].records,
+        train=cfg.train,
+        adapter=cfg.adapter,
+        tracking=cfg.tracking,
+        run_name=cfg.output,
+        max_length=cfg.data.max_length,
+        loss_on=cfg.loss_on,
+        packing=packing,
+        distributed=cfg.distributed,
+    )
+    if trained is None:
+        return None
+    metrics.update(gold_metrics(trained, tok, cfg.eval, uses_testbed(cfg.data.source)))
+    return trained, tok, metrics
