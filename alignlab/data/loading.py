@@ -128,6 +128,38 @@ def _check_options(kind: RecordKind | str, format: str, limit: int | None) -> tu
     return record_kind(kind), (AUTO if format == AUTO else str(format_spec(format).name))
 
 
+def canonicalize_row(
+    where: str,
+    value: Any,
+    kind: RecordKind,
+    format: str,
+    strict: bool,
+    report: LoadReport,
+    lenient_hint: str,
+) -> tuple[str, list[dict[str, Any]]] | None:
+    """One raw row as ``(format, canonical records)``; None when it is dropped (counted in ``report``).
+
+    ``report.total`` counts the row. A bad row raises its :class:`RecordError` when ``strict``
+    (with ``lenient_hint`` added as a note: how to drop such rows instead), else is dropped.
+    """
+    report.total += 1
+    try:
+        if isinstance(value, RecordError):
+            raise value
+        fmt = detect_format(value, where, kind) if format == AUTO else format
+        return fmt, canonical_records(value, fmt, kind, where)
+    except SkippedRecord as err:
+        report.drop(err)
+        return None
+    except RecordError as err:
+        if strict:
+            if hasattr(err, "add_note"):  # Python 3.11+
+                err.add_note(f"{lenient_hint} and get a report of them")
+            raise
+        report.drop(err)
+        return None
+
+
 def canonicalize(
     rows: Iterable[Row] | Sequence[dict[str, Any]],
     *,
@@ -153,22 +185,12 @@ def canonicalize(
     formats: set[str] = set()
     for number, row in enumerate(rows, start=1):
         where, value = row if isinstance(row, tuple) else (f"{source}:record {number}", row)
-        report.total += 1
-        try:
-            if isinstance(value, RecordError):
-                raise value
-            fmt = detect_format(value, where, kind) if format == AUTO else format
-            out = canonical_records(value, fmt, kind, where)
-        except SkippedRecord as err:
-            report.drop(err)
+        read = canonicalize_row(
+            where, value, kind, format, strict, report, "load with strict=False to drop bad records"
+        )
+        if read is None:
             continue
-        except RecordError as err:
-            if strict:
-                if hasattr(err, "add_note"):  # Python 3.11+
-                    err.add_note("load with strict=False to drop bad records and get a report of them")
-                raise
-            report.drop(err)
-            continue
+        fmt, out = read
         formats.add(str(fmt))
         records.extend(out)
         if limit is not None and len(records) >= limit:

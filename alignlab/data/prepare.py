@@ -41,12 +41,11 @@ from alignlab.data.cleaning import (
     build_steps,
     record_text,
 )
-from alignlab.data.formats import AUTO, canonical_records, detect_format, format_spec, record_kind
+from alignlab.data.formats import AUTO, format_spec, record_kind
 from alignlab.data.kinds import RecordKind
-from alignlab.data.loading import LoadReport
+from alignlab.data.loading import LoadReport, canonicalize_row
 from alignlab.data.mixture import sample_mixture
 from alignlab.data.sources import ARTIFACT_DATA_FILE, TESTBED_PREFIX, open_source
-from alignlab.data.validation import RecordError, SkippedRecord
 from alignlab.errors import ConfigError, DataError, ReferenceNotFound
 
 log = logging.getLogger("alignlab.data")
@@ -197,22 +196,12 @@ def stream_canonical(
 ) -> Iterator[Record]:
     """Canonical records from raw ``(where, record)`` rows, validated one by one (``canonicalize``, streaming)."""
     for where, value in rows:
-        report.total += 1
-        try:
-            if isinstance(value, RecordError):
-                raise value
-            fmt = detect_format(value, where, kind) if format == AUTO else format
-            out = canonical_records(value, fmt, kind, where)
-        except SkippedRecord as err:
-            report.drop(err)
+        read = canonicalize_row(
+            where, value, kind, format, strict, report, "set strict: false to drop malformed records"
+        )
+        if read is None:
             continue
-        except RecordError as err:
-            if strict:
-                err.add_note("set strict: false to drop malformed records and get a report of them")
-                raise
-            report.drop(err)
-            continue
-        for record in out:
+        for record in read[1]:
             report.kept += 1
             if fingerprint is not None:
                 fingerprint.update(_line(record))
