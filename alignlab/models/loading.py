@@ -83,7 +83,8 @@ def load_causal_lm(
 ):
     """Load ``(model, tokenizer)`` for a causal LM reference.
 
-    An adapter artifact is composed with its base (its parent); ``merge_adapter`` folds it in.
+    An adapter artifact is composed with its base (its parent, merged when it is an adapter
+    itself); ``merge_adapter`` folds it in.
     ``model_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config`` for QLoRA).
 
     Example:
@@ -97,11 +98,14 @@ def load_causal_lm(
     if getattr(target, "kind", None) == "adapter":
         from peft import PeftModel
 
+        # an adapter trained on an adapter artifact was trained on that artifact merged (the stages
+        # fold an adapter input into its base before training), so its base loads merged
         base, _ = load_causal_lm(
             _adapter_base(target, registry),
             registry,
             trust_remote_code=trust_remote_code,
             dtype=dtype,
+            merge_adapter=True,
             **model_kwargs,
         )
         model = PeftModel.from_pretrained(base, str(target.path))

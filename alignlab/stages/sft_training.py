@@ -95,7 +95,10 @@ def fine_tune_run_policy(
     from alignlab.models.adapters import quantization_kwargs
     from alignlab.stages.evaluation import gold_metrics, uses_testbed
 
-    model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
+    # an adapter input is folded into its base: the new weights (or adapter) train on that model
+    model, tok = load_causal_lm(
+        run.inputs["model"], run.registry, merge_adapter=True, **quantization_kwargs(cfg.adapter)
+    )
     trained, metrics = train_sft(
         model,
         tok,

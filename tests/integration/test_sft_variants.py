@@ -41,6 +41,27 @@ def test_lora_unmerged_publishes_an_adapter_that_composes_with_its_base(tiny_pip
     assert 0 < art.metrics["trainable_parameters"] < sum(p.numel() for p in base.parameters()) / 5
 
 
+def test_an_adapter_trained_on_an_adapter_loads_on_the_merged_parent(tiny_pipeline):
+    from peft import PeftModel
+
+    registry, arts = tiny_pipeline
+    lora = {"method": "lora", "r": 4, "merge": False}
+    first = SFT(_cfg(output="sft-lora-a", adapter=lora)).run(registry, model=arts["pretrain"].ref)
+    second = SFT(_cfg(output="sft-lora-b", adapter=lora, train={**SHORT["train"], "seed": 1})).run(
+        registry, model=first.ref
+    )
+    assert second.kind == "adapter" and second.parents == [first.id]
+    model, tok = load_causal_lm(second.ref, registry)
+    # what the second adapter was trained on: the pretrained model with the first adapter folded in
+    parent, _ = load_causal_lm(first.ref, registry, merge_adapter=True)
+    x = tok("What is 2 plus 3?", return_tensors="pt")
+    with torch.no_grad():
+        parent_logits = parent(**x).logits
+        expected = PeftModel.from_pretrained(parent, str(second.path))  # wraps `parent` in place
+        torch.testing.assert_close(model(**x).logits, expected(**x).logits)
+        assert not torch.allclose(model(**x).logits, parent_logits)
+
+
 def test_lora_merged_publishes_a_plain_model(tiny_pipeline):
     registry, arts = tiny_pipeline
     art = SFT(_cfg(output="sft-merged", adapter={"method": "lora", "r": 4})).run(
