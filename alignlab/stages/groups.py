@@ -79,6 +79,24 @@ class AdapterGroup:
 
 
 @dataclass
+class PromptSource:
+    """Where a stage's prompts come from (the fields PPO and RejectionSampling share).
+
+    Attributes:
+        source: ``testbed:prompts``, a prompt file (json, jsonl, parquet, csv), a dataset
+            artifact reference or a hub dataset name.
+        format: "auto" to detect from the keys, or a format name to force.
+        strict: fail on the first bad record (True) or drop bad records and report them (False).
+        limit: use only the first N prompts.
+    """
+
+    source: str = "testbed:prompts"
+    format: str = "auto"
+    strict: bool = True
+    limit: int | None = None
+
+
+@dataclass
 class EvalGroup:
     """Evaluation run at the end of a stage.
 

@@ -41,7 +41,14 @@ from alignlab.rl.normalization import RewardNormalization, score_moments_from_me
 from alignlab.rl.rollout import GenerationSettings, ScoreShaper
 from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
-from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import (
+    AdapterGroup,
+    AdapterMethod,
+    EvalGroup,
+    PromptSource,
+    TrackingGroup,
+    TrainGroup,
+)
 from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
@@ -51,7 +58,7 @@ RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "checkpoint_dir", "tracking") 
 
 
 @dataclass
-class PPOData:
+class PPOData(PromptSource):
     """Prompts.
 
     Attributes:
@@ -62,10 +69,6 @@ class PPOData:
         max_prompt_length: prompts longer than this (in tokens, chat template included) are dropped.
     """
 
-    source: str = "testbed:prompts"
-    format: str = "auto"
-    strict: bool = True
-    limit: int | None = None
     max_prompt_length: int = 128
 
 

@@ -23,7 +23,7 @@ from alignlab.errors import ConfigError, DataError
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import RewardFn, RewardInput, Scorer, prompt_text, resolve_reward  # noqa: F401 (re-exported)
 from alignlab.stages.evaluation import uses_testbed
-from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import AdapterGroup, EvalGroup, PromptSource, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
@@ -34,7 +34,7 @@ SAMPLES_FILE = "samples.jsonl"  # every sample and its reward, beside the select
 
 
 @dataclass
-class PromptData:
+class PromptData(PromptSource):
     """Prompts to sample responses for.
 
     Attributes:
@@ -46,10 +46,6 @@ class PromptData:
         max_length: longest tokenized training example (prompt + selected response).
     """
 
-    source: str = "testbed:prompts"
-    format: str = "auto"
-    strict: bool = True
-    limit: int | None = None
     max_length: int = 256
 
 
