@@ -22,7 +22,7 @@ class TinyBaseConfig:
 
     Attributes:
         output: artifact name to publish.
-        size: "test" (~0.9M parameters) or "demo" (~2.9M parameters); see alignlab.models.TINY_SIZES.
+        size: "test" (~0.9M parameters) or "demo" (~2.8M parameters); see alignlab.models.TINY_SIZES.
         vocab_size: BPE vocabulary size (special tokens included).
         tokenizer_data: text source the BPE is trained on.
         seed: initialisation seed.
