@@ -20,6 +20,7 @@ from alignlab.errors import ConfigError, ReferenceNotFound
 from alignlab.registry import Artifact, ExternalRef, Registry
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+Prompt = str | list[dict[str, Any]]  # a plain prompt, or a chat: the messages up to the last user turn
 
 
 class Scorer(Protocol):
@@ -70,17 +71,18 @@ class RewardModelScorer:
         self.batch_size = batch_size
         self.max_length = max_length
 
-    def texts(self, prompts: list[str], responses: list[str]) -> list[str]:
-        """Chat transcripts as the reward model was trained on them (prompt turn + response turn)."""
+    def texts(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[str]:
+        """Chat transcripts as the reward model was trained on them: every prompt turn, then the
+        response. A plain-string prompt is one user turn."""
         return [
             self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+                [*_as_messages(p), {"role": "assistant", "content": r}], tokenize=False
             )
             for p, r in zip(prompts, responses)
         ]
 
     @torch.inference_mode()
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         device = next(self.model.parameters()).device
         texts = self.texts(prompts, responses)
         scores: list[float] = []
@@ -233,7 +235,24 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
     return RewardInput(target=target)
 
 
-def prompt_text(prompt: list[dict[str, Any]]) -> str:
-    """What a scorer sees of a chat prompt: its last user turn (scorers take plain strings)."""
-    users = [m["content"] for m in prompt if m["role"] == "user"]
+def prompt_text(prompt: Prompt) -> str:
+    """What a reward function sees of a prompt: a string as is, a chat as its last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
     return users[-1] if users else ""
+
+
+def _as_messages(prompt: Prompt) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def score_chats(scorer: Scorer, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+    """Score responses to (chat) prompts with any scorer.
+
+    A reward model reads the whole chat, every turn, as it was trained on it; a reward function
+    (``(prompts: list[str], responses: list[str])``) gets each chat's last user turn.
+    """
+    if isinstance(scorer, RewardModelScorer):
+        return scorer(list(prompts), list(responses))
+    return list(scorer([prompt_text(p) for p in prompts], list(responses)))

@@ -16,44 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from alignlab.errors import DataError
-from alignlab.rewards import RewardModelScorer, Scorer, load_scorer
+from alignlab.rewards import Scorer, load_scorer, score_chats
 
 if TYPE_CHECKING:
     from alignlab.registry import Registry
-
-Messages = list[dict[str, Any]]
-
-
-class ChatRewardModelScorer(RewardModelScorer):
-    """A reward model scoring whole chats (all prompt turns), not just the last user turn."""
-
-    def texts(self, prompts: list[Any], responses: list[str]) -> list[str]:
-        return [
-            self.tokenizer.apply_chat_template(
-                [*_as_messages(p), {"role": "assistant", "content": r}], tokenize=False
-            )
-            for p, r in zip(prompts, responses)
-        ]
-
-
-def _as_messages(prompt: str | Messages) -> Messages:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-
-
-def last_user_turn(prompt: str | Messages) -> str:
-    """A chat prompt as plain text for scorers that take strings: its last user turn."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else ""
-
-
-def score_chats(scorer: Scorer, prompts: Sequence[str | Messages], responses: Sequence[str]) -> list[float]:
-    """Score responses to chat prompts: full chats for a reward model, last user turns otherwise."""
-    if isinstance(scorer, RewardModelScorer):
-        chat = ChatRewardModelScorer(scorer.model, scorer.tokenizer, scorer.batch_size, scorer.max_length)
-        return chat(list(prompts), list(responses))
-    return list(scorer([last_user_turn(p) for p in prompts], list(responses)))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from alignlab.errors import ConfigError, DataError
-from alignlab.eval.reward_accuracy import Messages, last_user_turn, score_chats
+from alignlab.rewards import Prompt, prompt_text, score_chats
 
 if TYPE_CHECKING:
     from alignlab.registry import Registry
@@ -144,7 +144,7 @@ def pointwise_preferences(scores_a: Sequence[float], scores_b: Sequence[float]) 
 
 def judge_responses(
     judge: JudgeSpec | str,
-    prompts: Sequence[str | Messages],
+    prompts: Sequence[Prompt],
     responses_a: Sequence[str],
     responses_b: Sequence[str],
     registry: Registry | None = None,
@@ -171,15 +171,15 @@ def judge_responses(
         from alignlab.eval.judge import LLMJudge
 
         llm = judge_obj or LLMJudge.load(spec.ref or "", registry, labels=labels)
-        verdicts = llm.compare([last_user_turn(p) for p in prompts], responses_a, responses_b)
+        verdicts = llm.compare([prompt_text(p) for p in prompts], responses_a, responses_b)
         bias = sum(v.position_bias for v in verdicts) / len(verdicts) if verdicts else 0.0
         return summarize([v.p_a for v in verdicts], str(spec), position_bias=bias)
     if spec.kind is JudgeKind.GOLD:
         from alignlab.testbed import gold_reward_fn
 
         scorer = judge_obj or gold_reward_fn
-        scores_a = list(scorer([last_user_turn(p) for p in prompts], list(responses_a)))
-        scores_b = list(scorer([last_user_turn(p) for p in prompts], list(responses_b)))
+        scores_a = list(scorer([prompt_text(p) for p in prompts], list(responses_a)))
+        scores_b = list(scorer([prompt_text(p) for p in prompts], list(responses_b)))
     else:
         from alignlab.rewards import load_scorer
 
@@ -196,7 +196,7 @@ def judge_responses(
 
 def answer(
     policy: Any,
-    prompts: Sequence[Messages],
+    prompts: Sequence[Prompt],
     registry: Registry | None = None,
     *,
     max_new_tokens: int = 48,
@@ -217,7 +217,7 @@ def answer(
 def win_rate(
     policy_a: Any,
     policy_b: Any,
-    prompts: str | Sequence[Messages | str],
+    prompts: str | Sequence[Prompt],
     judge: str = "gold",
     registry: Registry | None = None,
     *,

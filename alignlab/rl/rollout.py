@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
@@ -29,10 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alignlab.rewards import Prompt, Scorer, score_chats
 from alignlab.rl.losses import logprobs_from_logits
 from alignlab.rl.normalization import RewardNormalization, RunningMoments, normalize_scores
-
-Scorer = Callable[[list[str], list[str]], Sequence[float]]
 
 
 @dataclass
@@ -74,7 +73,7 @@ class Rollout:
         raw_scores: (B,) what the scorer returned.
         scores: (B,) the scores PPO optimises (see :class:`ScoreShaper`).
         ended: (B,) True where the response stopped at EOS.
-        prompts: the B prompts as text (what the scorer saw).
+        prompts: the B prompts (chats, or strings), as the scorer got them.
         responses: the B responses as text (special tokens stripped).
     """
 
@@ -88,7 +87,7 @@ class Rollout:
     raw_scores: Tensor
     scores: Tensor
     ended: Tensor
-    prompts: list[str]
+    prompts: list[Prompt]
     responses: list[str]
 
     def __len__(self) -> int:
@@ -349,7 +348,7 @@ def collect_rollout(
     policy: Any,
     tokenizer: Any,
     queries: Sequence[Sequence[int]],
-    prompts: list[str],
+    prompts: Sequence[Prompt],
     *,
     critic: Any,
     scorer: Scorer,
@@ -363,9 +362,10 @@ def collect_rollout(
         policy: the causal LM being trained (unwrapped; a peft model when ``reference`` is None).
         tokenizer: its tokenizer (pad and EOS ids, decoding).
         queries: B prompts as token ids (chat template applied).
-        prompts: the same B prompts as text, for the scorer.
+        prompts: the same B prompts as chats (or strings), for the scorer.
         critic: the value model (see :func:`token_values`).
-        scorer: ``(prompts, responses) -> scores``.
+        scorer: a reward model scorer (reads every chat turn) or a reward function (reads each
+            chat's last user turn); see :func:`alignlab.rewards.score_chats`.
         shaper: turns raw scores into the scores PPO optimises.
         settings: sampling settings.
         reference: the frozen reference policy; None = ``policy`` with its adapter disabled.
@@ -407,7 +407,7 @@ def collect_rollout(
 
     start = time.perf_counter()
     responses = [text.strip() for text in tokenizer.batch_decode(response, skip_special_tokens=True)]
-    raw = torch.tensor(list(scorer(list(prompts), responses)), dtype=torch.float32, device=device)
+    raw = torch.tensor(score_chats(scorer, prompts, responses), dtype=torch.float32, device=device)
     scores = shaper(raw, ended)
     seconds["scoring"] = time.perf_counter() - start
     rollout = Rollout(
@@ -446,16 +446,16 @@ def encode_prompts(
     """Chat-template canonical prompt records (``{"prompt": [messages]}``) for sampling.
 
     Returns:
-        The token ids of each kept prompt (generation prompt appended), its text for the scorer
-        (the last user turn: scorers take ``(prompt, response)`` strings), and how many prompts
-        were dropped for being longer than ``max_length`` tokens.
+        The token ids of each kept prompt (generation prompt appended), its chat for the scorer
+        (a reward model reads every turn, a reward function the last user turn: see
+        :func:`alignlab.rewards.score_chats`), and how many prompts were dropped for being longer
+        than ``max_length`` tokens.
     """
     from alignlab.models.generation import encode_prompts as encode
 
     encoded = encode(tokenizer, [r["prompt"] for r in records])
     kept = [(ids, r) for ids, r in zip(encoded, records) if len(ids) <= max_length]
-    texts = [next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "") for _, r in kept]
-    return [ids for ids, _ in kept], texts, len(records) - len(kept)
+    return [ids for ids, _ in kept], [r["prompt"] for _, r in kept], len(records) - len(kept)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> list[int]:

@@ -21,7 +21,7 @@ from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, is_main_process
 from alignlab.errors import ConfigError, DataError
 from alignlab.registry import Artifact, Registry
-from alignlab.rewards import RewardFn, RewardInput, Scorer, prompt_text, resolve_reward  # noqa: F401 (re-exported)
+from alignlab.rewards import RewardFn, RewardInput, Scorer, prompt_text, resolve_reward, score_chats  # noqa: F401 (re-exported)
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, PromptSource, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
@@ -170,7 +170,7 @@ def sample_and_score(
             top_p=sampling.top_p,
             batch_size=len(repeated),
         )
-        scores = scorer([prompt_text(p) for p in repeated], responses)
+        scores = score_chats(scorer, repeated, responses)
         for i in range(len(chunk)):
             samples.append(responses[i * k : (i + 1) * k])
             rewards.append(scores[i * k : (i + 1) * k])

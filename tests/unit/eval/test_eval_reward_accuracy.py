@@ -5,8 +5,9 @@ import json
 import pytest
 
 from alignlab.errors import DataError
-from alignlab.eval.reward_accuracy import ChatRewardModelScorer, evaluate_reward_accuracy, reward_accuracy
+from alignlab.eval.reward_accuracy import evaluate_reward_accuracy, reward_accuracy
 from alignlab.models import train_bpe_tokenizer
+from alignlab.rewards import RewardModelScorer
 
 
 def length_reward(prompts, responses):
@@ -41,7 +42,7 @@ def test_evaluate_reads_a_preference_file_with_an_import_path_scorer(tmp_path):
 
 def test_a_reward_model_sees_every_turn_of_the_chat():
     tok = train_bpe_tokenizer(["first question second question answer"], vocab_size=280)
-    scorer = ChatRewardModelScorer(model=_NoModel(), tokenizer=tok)
+    scorer = RewardModelScorer(model=_NoModel(), tokenizer=tok)
     chat = [
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": "ok"},

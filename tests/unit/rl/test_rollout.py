@@ -92,7 +92,7 @@ def test_rollout_logprobs_match_what_generate_sampled_from(tiny) -> None:
     queries, texts, dropped = encode_prompts(
         tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64
     )
-    assert dropped == 0 and texts == PROMPTS
+    assert dropped == 0 and texts == [[{"role": "user", "content": p}] for p in PROMPTS]
     query, query_mask = left_pad(queries, tok.pad_token_id)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -173,7 +173,51 @@ def test_collect_rollout_shapes_and_reference_kl(tiny) -> None:
     assert (rollout.logprobs[~on] == 0).all()
     assert rollout.raw_scores.tolist() == [float(len(r)) for r in rollout.responses]
     half = rollout.select(torch.tensor([2, 0]))
-    assert half.prompts == [PROMPTS[2], PROMPTS[0]] and torch.equal(half.response[1], rollout.response[0])
+    assert half.prompts == [rollout.prompts[2], rollout.prompts[0]]
+    assert torch.equal(half.response[1], rollout.response[0])
+
+
+def test_a_reward_model_scores_every_turn_and_a_reward_function_the_last_user_turn(tiny) -> None:
+    import copy
+
+    from alignlab.rewards import RewardModelScorer
+
+    policy, critic, tok = tiny
+    chat = [
+        {"role": "user", "content": "Mira likes the color red."},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "What color does Mira like?"},
+    ]
+    queries, chats, _ = encode_prompts(tok, [{"prompt": chat}], 64)
+    assert chats == [chat]
+    reference = type(policy)(policy.config)
+    reference.load_state_dict(policy.state_dict())
+    seen: list[str] = []
+
+    def reward_fn(prompts, responses):
+        seen.extend(prompts)
+        return [0.0] * len(responses)
+
+    reward_model = RewardModelScorer(critic, copy.deepcopy(tok))
+    raw = {}
+    for name, scorer in (("model", reward_model), ("function", reward_fn)):
+        torch.manual_seed(0)
+        rollout, _ = collect_rollout(
+            policy,
+            tok,
+            queries,
+            chats,
+            critic=critic,
+            scorer=scorer,
+            shaper=ScoreShaper(),
+            settings=GenerationSettings(max_new_tokens=6),
+            reference=reference,
+        )
+        raw[name] = rollout.raw_scores[0].item()
+    response = rollout.responses[0]  # same seed: the same response both times
+    assert raw["model"] == pytest.approx(reward_model([chat], [response])[0], abs=1e-6)
+    assert raw["model"] != pytest.approx(reward_model([chat[-1]["content"]], [response])[0], abs=1e-6)
+    assert seen == ["What color does Mira like?"]
 
 
 def test_generation_logprobs_equal_a_forward_pass_at_any_temperature(tiny) -> None:
