@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +31,7 @@ log = logging.getLogger("alignlab")
 DEFAULT_SOURCES = {"preference": "testbed:preferences", "ranking": "testbed:rankings"}
 SUMMARY = ("accuracy", "gold_accuracy", "margin_mean", "score_mean", "score_std", "metrics_split")
 GOLD_PAIRS_SEED = 7919  # fresh testbed pairs for gold_accuracy, apart from the default training seed 0
+TRAIN_METRICS_SAMPLE = 1000  # eval_share 0: rankings of the training data the metrics are computed on
 
 
 @dataclass
@@ -47,7 +49,7 @@ class RewardData:
         max_length: longest transcript in tokens; longer ones lose their beginning.
         limit: use only the first N records.
         eval_share: share of distinct prompts held out (with all their records) for the metrics;
-            0 computes the metrics on the training data.
+            0 computes the metrics on a seeded sample of at most 1,000 training rankings.
     """
 
     kind: Literal["preference", "ranking"] = "preference"
@@ -219,7 +221,12 @@ class RewardModel:
             return
         model = finalize(model, cfg.adapter)
         metrics.update(log_history_metrics(history))
-        eval_enc = encode(held_out, tok, cfg.data.max_length)[0] if held_out else train_enc
+        if held_out:
+            eval_enc = encode(held_out, tok, cfg.data.max_length)[0]
+        else:  # a seeded sample is enough for the score statistics; scoring all of it again is not
+            eval_enc = random.Random(cfg.train.seed).sample(
+                train_enc, min(len(train_enc), TRAIN_METRICS_SAMPLE)
+            )
         metrics["metrics_split"] = "held_out" if held_out else "train"
         metrics.update(evaluate(model, eval_enc, tok.pad_token_id, cfg.train.batch_size))
         if cfg.eval.gold and on_testbed and cfg.eval.gold_n > 0:

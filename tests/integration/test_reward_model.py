@@ -179,3 +179,15 @@ def test_contradictory_data_config_publishes_nothing(tiny_pipeline):
     with pytest.raises(ConfigError, match="adapter.merge"):
         RewardModel({"adapter": {"method": "lora", "merge": False}}).run(registry, model=arts["sft"].ref)
     assert {a.id for a in registry.list()} == before
+
+
+def test_without_a_held_out_split_the_metrics_come_from_a_sample_of_the_training_data(
+    tiny_pipeline, monkeypatch
+):
+    monkeypatch.setattr("alignlab.stages.reward.TRAIN_METRICS_SAMPLE", 12)
+    registry, arts = tiny_pipeline
+    config = {"data": {"source": "testbed:preferences?n=60", "eval_share": 0.0}, "train": QUICK}
+    m = RewardModel(config).run(registry, model=arts["sft"].ref).metrics
+    assert m["metrics_split"] == "train" and m["eval_rankings"] == 0 and m["train_rankings"] == 60
+    assert m["eval_pairs"] == 12, "one pair per sampled ranking, not the whole training set again"
+    assert m["score_std"] > 0 and math.isfinite(m["score_mean"])
