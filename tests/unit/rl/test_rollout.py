@@ -135,15 +135,15 @@ def test_step_rows_visit_every_prompt_once_per_epoch() -> None:
     assert step_rows(2, 4, 10, seed=3) == rows[4:8]  # stateless: a resumed run gets the same prompts
 
 
-def _rollout(tiny, scores=None):
+def _rollout(tiny, scores=None, *, chats=None, scorer=None):
+    """A rollout of the tiny policy on ``chats`` (default: PROMPTS as one user turn each)."""
     policy, critic, tok = tiny
-    queries, texts, _ = encode_prompts(
-        tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64
-    )
+    chats = chats or [[{"role": "user", "content": p}] for p in PROMPTS]
+    queries, prompts, _ = encode_prompts(tok, [{"prompt": c} for c in chats], 64)
     reference = type(policy)(policy.config)
     reference.load_state_dict(policy.state_dict())
 
-    def scorer(prompts, responses):
+    def length_scorer(prompts, responses):
         return scores if scores is not None else [float(len(r)) for r in responses]
 
     torch.manual_seed(0)
@@ -151,9 +151,9 @@ def _rollout(tiny, scores=None):
         policy,
         tok,
         queries,
-        texts,
+        prompts,
         critic=critic,
-        scorer=scorer,
+        scorer=scorer or length_scorer,
         shaper=ScoreShaper(),
         settings=GenerationSettings(max_new_tokens=6),
         reference=reference,
@@ -182,16 +182,13 @@ def test_a_reward_model_scores_every_turn_and_a_reward_function_the_last_user_tu
 
     from alignlab.rewards import RewardModelScorer
 
-    policy, critic, tok = tiny
+    _, critic, tok = tiny
     chat = [
         {"role": "user", "content": "Mira likes the color red."},
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": "What color does Mira like?"},
     ]
-    queries, chats, _ = encode_prompts(tok, [{"prompt": chat}], 64)
-    assert chats == [chat]
-    reference = type(policy)(policy.config)
-    reference.load_state_dict(policy.state_dict())
+    assert encode_prompts(tok, [{"prompt": chat}], 64)[1] == [chat]
     seen: list[str] = []
 
     def reward_fn(prompts, responses):
@@ -199,24 +196,11 @@ def test_a_reward_model_scores_every_turn_and_a_reward_function_the_last_user_tu
         return [0.0] * len(responses)
 
     reward_model = RewardModelScorer(critic, copy.deepcopy(tok))
-    raw = {}
-    for name, scorer in (("model", reward_model), ("function", reward_fn)):
-        torch.manual_seed(0)
-        rollout, _ = collect_rollout(
-            policy,
-            tok,
-            queries,
-            chats,
-            critic=critic,
-            scorer=scorer,
-            shaper=ScoreShaper(),
-            settings=GenerationSettings(max_new_tokens=6),
-            reference=reference,
-        )
-        raw[name] = rollout.raw_scores[0].item()
-    response = rollout.responses[0]  # same seed: the same response both times
-    assert raw["model"] == pytest.approx(reward_model([chat], [response])[0], abs=1e-6)
-    assert raw["model"] != pytest.approx(reward_model([chat[-1]["content"]], [response])[0], abs=1e-6)
+    scored, _ = _rollout(tiny, chats=[chat], scorer=reward_model)
+    _rollout(tiny, chats=[chat], scorer=reward_fn)
+    raw, response = scored.raw_scores[0].item(), scored.responses[0]
+    assert raw == pytest.approx(reward_model([chat], [response])[0], abs=1e-6)
+    assert raw != pytest.approx(reward_model([chat[-1]["content"]], [response])[0], abs=1e-6)
     assert seen == ["What color does Mira like?"]
 
 
