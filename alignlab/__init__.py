@@ -13,6 +13,7 @@ from alignlab.registry import Artifact, Registry  # noqa: E402
 
 _LAZY = {
     "TinyBase": "alignlab.stages.base",
+    "ImportModel": "alignlab.stages.import_model",
     "Pretrain": "alignlab.stages.pretrain",
     "SFT": "alignlab.stages.sft",
     "RewardModel": "alignlab.stages.reward",
@@ -41,6 +42,7 @@ __all__ = [
     "Artifact",
     "ConfigError",
     "DataError",
+    "ImportModel",
     "Pretrain",
     "ReferenceNotFound",
     "Registry",

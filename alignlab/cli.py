@@ -1,4 +1,4 @@
-"""The `alignlab` command: run | stage | artifacts | data | eval | report | plan.
+"""The `alignlab` command: run | stage | artifacts | models | data | eval | report | plan.
 
 Errors that alignlab raises on purpose are printed as one message with exit code 2, never as a
 traceback; anything else is a bug and keeps its traceback.
@@ -184,10 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stage.set_defaults(func=cmd_stage)
 
-    from alignlab.commands import artifacts, data, plan, report
+    from alignlab.commands import artifacts, data, models, plan, report
     from alignlab.commands import eval as eval_command
 
     artifacts.register(sub)
+    models.register(sub)
     data.register(sub)
     plan.register(sub)
     eval_command.register(sub)

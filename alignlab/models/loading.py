@@ -27,8 +27,48 @@ def resolve(ref: str | Artifact | ExternalRef, registry: Registry | None = None)
 
 
 def model_location(target: Artifact | ExternalRef) -> str:
-    """What to hand to ``from_pretrained``: the artifact folder, a local path or a hub id."""
-    return str(target.path) if hasattr(target, "path") else target.location
+    """What to hand to ``from_pretrained``: the artifact folder, a local folder or a hub id.
+
+    A GGUF file is converted once to a safetensors folder in the user's cache
+    (:func:`alignlab.models.gguf.converted_folder`), and that folder is returned.
+
+    Raises:
+        ReferenceNotFound: a local path that holds no model.
+    """
+    if hasattr(target, "path"):
+        return str(target.path)
+    if not target.is_local:
+        return target.location
+    from alignlab.models.gguf import converted_folder, is_gguf
+
+    check_local_model(target)
+    location = Path(target.location)
+    return str(converted_folder(location)) if is_gguf(location) else str(location)
+
+
+def check_local_model(target: ExternalRef) -> None:
+    """A local model reference is a model folder or a GGUF file; anything else is refused here,
+    before any work, with what a model is.
+
+    Raises:
+        ReferenceNotFound: a file that is not GGUF, or a folder without ``config.json``.
+        ConfigError: a ``.gguf`` file that is not GGUF.
+    """
+    from alignlab.models.gguf import check_gguf_file, is_gguf
+
+    location = Path(target.location)
+    if is_gguf(location):
+        check_gguf_file(location)
+    elif location.is_file():
+        raise ReferenceNotFound(
+            f"{target.ref!r} is a file ({location}), not a model: give a model folder (config.json and "
+            "*.safetensors), a .gguf checkpoint, a registry reference or a hub id"
+        )
+    elif not (location / "config.json").is_file() and not (location / "adapter_config.json").is_file():
+        raise ReferenceNotFound(
+            f"{target.ref!r}: {location} holds no model (no config.json); a model folder is what "
+            "save_pretrained writes (config.json and *.safetensors), or give a .gguf checkpoint"
+        )
 
 
 def _from_pretrained(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+log = logging.getLogger("alignlab")
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
@@ -59,10 +62,17 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
 def ensure_chat_ready(tokenizer) -> None:
     """Give a hub tokenizer what alignlab needs: a pad token and a chat template.
 
-    Tokenizers without a pad token reuse EOS for padding (the usual choice for LLaMA/OPT);
-    those without a chat template get alignlab's.
+    Tokenizers without a pad token reuse EOS for padding (the usual choice for LLaMA/OPT; every
+    stage reads responses by attention mask and first EOS, so pad == EOS is safe); those without
+    a chat template get alignlab's, and a warning says so.
     """
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
+        log.warning(
+            "%s has no chat template: alignlab's own is used (%s); a model trained on another "
+            "format should be given its template (tokenizer.chat_template) before training",
+            getattr(tokenizer, "name_or_path", None) or "the tokenizer",
+            "<|user|>...<|assistant|>...EOS",
+        )
         tokenizer.chat_template = CHAT_TEMPLATE

@@ -374,10 +374,10 @@ def collect_rollout(
         The rollout, and seconds spent per phase: ``generation``, ``forward`` (reference log-probs
         and values; the old log-probs come with the generation) and ``scoring``.
     """
-    from alignlab.models.generation import left_pad
+    from alignlab.models.generation import left_pad, stop_token_ids
 
     device = next(policy.parameters()).device
-    eos_ids = _eos_ids(tokenizer, policy)
+    eos_ids = stop_token_ids(tokenizer, policy)
     query, query_mask = (t.to(device) for t in left_pad(queries, tokenizer.pad_token_id))
     seconds: dict[str, float] = {}
 
@@ -456,11 +456,3 @@ def encode_prompts(
     encoded = encode(tokenizer, [r["prompt"] for r in records])
     kept = [(ids, r) for ids, r in zip(encoded, records) if len(ids) <= max_length]
     return [ids for ids, _ in kept], [r["prompt"] for _, r in kept], len(records) - len(kept)
-
-
-def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
-    """The tokenizer's EOS plus any the model's generation config names."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None)

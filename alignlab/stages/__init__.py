@@ -50,6 +50,7 @@ def register_stage(name: str, target: str | type) -> None:
 
 for _name, _path in {
     "tiny_base": "alignlab.stages.base:TinyBase",
+    "import_model": "alignlab.stages.import_model:ImportModel",
     "pretrain": "alignlab.stages.pretrain:Pretrain",
     "sft": "alignlab.stages.sft:SFT",
     "reward_model": "alignlab.stages.reward:RewardModel",

@@ -307,8 +307,9 @@ def kl_to_reference(
     """
     import torch
 
-    from alignlab.models.generation import encode_prompts, left_pad
+    from alignlab.models.generation import encode_prompts, left_pad, stop_token_ids
     from alignlab.rl.kl import KLEstimator
+    from alignlab.rl.rollout import response_mask
 
     ref_model = policy if reference is None else reference
     disabled = policy.disable_adapter if reference is None else contextlib.nullcontext
@@ -317,6 +318,7 @@ def kl_to_reference(
     device = next(policy.parameters()).device
     torch.manual_seed(seed)
     k1, k3, lengths = [], [], []
+    stops = stop_token_ids(tokenizer, policy)
     encoded = encode_prompts(tokenizer, prompts)
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
@@ -332,11 +334,10 @@ def kl_to_reference(
                 top_p=1.0,
                 use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stops,
             )
             response = out[:, ids.shape[1] :]  # (B, R)
-            is_eos = (response == tokenizer.eos_token_id).long()
-            resp_mask = ((is_eos.cumsum(-1) - is_eos) == 0).long()  # tokens up to and including the first EOS
+            resp_mask = response_mask(response, stops)[0]  # tokens up to and including the first stop
             full_mask = torch.cat([mask, resp_mask], dim=1)
             logp = _response_logprobs(policy, out, full_mask, response.shape[1])
             with disabled():

@@ -13,11 +13,11 @@ from typing import Any
 
 from alignlab.config import load_config
 from alignlab.distributed.config import DistributedGroup
-from alignlab.distributed.runtime import check_distributed, main_process_model
+from alignlab.distributed.runtime import check_distributed, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
-from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, hf_training_args, log_history_metrics, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
@@ -77,6 +77,8 @@ class PretrainConfig:
         data: sources, mixture and packing.
         vocab: optional vocabulary extension.
         train: optimisation (defaults suit the tiny models on CPU).
+        adapter: full | lora (continued pretraining of a large model through a LoRA adapter;
+            merged into the published model unless adapter.merge is false).
         eval: end-of-stage gold evaluation (testbed only).
         tracking: wandb / tensorboard.
         distributed: DeepSpeed ZeRO, offload, precision, checkpointing (docs/scaling.md).
@@ -86,9 +88,23 @@ class PretrainConfig:
     data: PretrainData = field(default_factory=PretrainData)
     vocab: VocabGroup = field(default_factory=VocabGroup)
     train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=1.0, lr=1e-3, batch_size=32))
+    adapter: AdapterGroup = field(default_factory=AdapterGroup)
     eval: EvalGroup = field(default_factory=EvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
     distributed: DistributedGroup = field(default_factory=DistributedGroup)
+
+    def __post_init__(self) -> None:
+        if self.adapter.method not in (AdapterMethod.FULL, AdapterMethod.LORA):
+            raise ConfigError(
+                f"adapter.method={self.adapter.method}: pretraining supports full and lora "
+                "(prompt tuning learns a task prompt, not text; QLoRA needs a CUDA GPU)"
+            )
+        vocab = self.vocab
+        if self.adapter.method != AdapterMethod.FULL and (vocab.add_tokens or vocab.train_new_tokens):
+            raise ConfigError(
+                "vocab: new tokens need their embedding rows trained, which a LoRA adapter does not "
+                "do; extend the vocabulary with adapter.method=full"
+            )
 
 
 def extend_vocabulary(model: Any, tokenizer: Any, cfg: VocabGroup, new_domain: list[str]) -> list[str]:
@@ -141,12 +157,13 @@ class Pretrain:
 
     def __init__(self, config: PretrainConfig | dict | None = None) -> None:
         self.config = load_config(PretrainConfig, config)
-        check_distributed(self.config.distributed)
+        check_distributed(self.config.distributed, self.config.adapter)
 
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
     ) -> Artifact:
         from alignlab.data import load_records
+        from alignlab.models.adapters import publishes_adapter
 
         cfg = self.config
         registry = registry or Registry()
@@ -166,7 +183,7 @@ class Pretrain:
         return run_stage(
             stage=self.name,
             name=cfg.output,
-            kind="model",
+            kind="adapter" if publishes_adapter(cfg.adapter) else "model",
             config=cfg,
             registry=registry,
             inputs=inputs,
@@ -184,8 +201,9 @@ class Pretrain:
         from alignlab.data.packing import count_tokens, pack_documents
         from alignlab.eval.perplexity import perplexity
         from alignlab.models import load_causal_lm, save_model
+        from alignlab.models.adapters import finalize, peft_config
 
-        model, tok = load_causal_lm(run.inputs["model"], run.registry)
+        model, tok = load_causal_lm(run.inputs["model"], run.registry, merge_adapter=True)
         vocab_text = [r["text"] for r in run.data["vocab"].records] if "vocab" in run.data else []
         new_tokens = extend_vocabulary(model, tok, cfg.vocab, vocab_text)
 
@@ -211,6 +229,11 @@ class Pretrain:
                 share.epochs,
             )
 
+        lora = peft_config(cfg.adapter)
+        if lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, lora)
         args = TrainingArguments(**hf_training_args(cfg.train, cfg.tracking, cfg.output, cfg.distributed))
         trainer = Trainer(
             model=model, args=args, train_dataset=train_chunks, data_collator=default_data_collator
@@ -221,6 +244,7 @@ class Pretrain:
             return
 
         metrics: dict[str, Any] = log_history_metrics(trainer.state.log_history)
+        metrics["trainable_parameters"] = trainable_parameters(trainer.model)
         metrics["train_tokens"] = count_tokens(train_chunks)
         metrics["mixture"] = {
             s.name: {
@@ -240,5 +264,5 @@ class Pretrain:
         metrics.update(
             gold_metrics(model, tok, cfg.eval, uses_testbed(*(s.source for s in cfg.data.sources)))
         )
-        save_model(model, tok, run.dir)
+        save_model(finalize(model, cfg.adapter), tok, run.dir)
         run.metrics.update(metrics)

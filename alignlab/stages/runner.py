@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignlab.config import to_dict
-from alignlab.errors import ConfigError, RegistryError
+from alignlab.errors import ConfigError, ReferenceNotFound, RegistryError
 from alignlab.registry import Artifact, ExternalRef, Publication, Registry, fingerprint
 from alignlab.stages.groups import TrackingGroup, TrainGroup
 
@@ -53,7 +53,10 @@ class StageRun:
 def resolve_inputs(
     registry: Registry, refs: Mapping[str, str | Artifact | None], required: tuple[str, ...] = ()
 ) -> dict[str, Resolved]:
-    """Resolve each named input reference; a required one that is missing is a ConfigError."""
+    """Resolve each named input reference (every input of a stage is a model); a required one that
+    is missing is a ConfigError, a local path that holds no model a ReferenceNotFound."""
+    from alignlab.models.loading import check_local_model
+
     resolved: dict[str, Resolved] = {}
     for role in required:
         if not refs.get(role):
@@ -61,6 +64,11 @@ def resolve_inputs(
     for role, ref in refs.items():
         if ref:
             resolved[role] = registry.resolve(ref)
+            if isinstance(resolved[role], ExternalRef) and resolved[role].is_local:
+                try:
+                    check_local_model(resolved[role])
+                except (ReferenceNotFound, ConfigError) as err:
+                    raise type(err)(f"input '{role}': {err}") from None
     return resolved
 
 

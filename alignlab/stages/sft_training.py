@@ -14,13 +14,6 @@ if TYPE_CHECKING:
     from alignlab.distributed.config import DistributedGroup
 
 
-def conversations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Canonical SFT records as TRL's conversational rows (role and content of each message)."""
-    return [
-        {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in records
-    ]
-
-
 def train_sft(
     model: Any,
     tokenizer: Any,
@@ -34,6 +27,7 @@ def train_sft(
     loss_on: Literal["assistant", "all"] = "assistant",
     packing: bool = False,
     distributed: DistributedGroup | None = None,
+    source: str = "",
 ) -> tuple[Any | None, dict[str, Any]]:
     """Fine-tune ``model`` on canonical SFT records (``{"messages": [...]}``).
 
@@ -43,9 +37,12 @@ def train_sft(
         train, adapter, tracking: the stage's config groups (alignlab.stages.groups).
         run_name: names the run in trackers (the stage's output name).
         max_length: longest tokenized example; longer ones are truncated from the end.
-        loss_on: "assistant" masks the prompt tokens out of the loss; "all" trains on every token.
+        loss_on: "assistant" trains on the assistant turns only (their content and end-of-turn
+            token, for any chat template: :mod:`alignlab.models.chat_template`); "all" trains on
+            every token.
         packing: pack several examples per sequence.
         distributed: the stage's ``distributed`` group (DeepSpeed ZeRO and friends).
+        source: where the records come from (named in errors).
 
     Returns:
         ``(trained model, metrics)``: the model with a LoRA adapter merged in when ``adapter.merge``
@@ -59,18 +56,30 @@ def train_sft(
 
     from alignlab.distributed.runtime import main_process_model, trainable_parameters
     from alignlab.models.adapters import finalize, peft_config
+    from alignlab.models.chat_template import tokenize_conversations
+    from alignlab.models.generation import stop_token_ids
 
+    # tokenised here, masks included, so that any chat template trains on its assistant turns
+    # (TRL's assistant_only_loss needs {% generation %} markers most templates lack)
+    rows = tokenize_conversations(
+        tokenizer,
+        records,
+        stop_ids=stop_token_ids(tokenizer, model),
+        assistant_only=loss_on == "assistant",
+        source=source,
+    )
     args = TRLSFTConfig(
         **hf_training_args(train, tracking, run_name, distributed),
         max_length=max_length,
         packing=packing,
-        assistant_only_loss=loss_on == "assistant",
+        assistant_only_loss=False,  # the assistant_masks column carries the mask
+        completion_only_loss=False,
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(conversations(records)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config(adapter),
     )
@@ -111,6 +120,7 @@ def fine_tune_run_policy(
         loss_on=cfg.loss_on,
         packing=packing,
         distributed=cfg.distributed,
+        source=str(cfg.data.source),
     )
     if trained is None:
         return None

@@ -74,7 +74,8 @@ def test_bad_recipes_fail_before_training_with_the_key_named(raw, overrides, mes
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if "real" in p.parts], ids=lambda p: p.name)
 def test_real_model_recipes_dry_run(path, tmp_path, capsys):
-    """Recipes for real models can't train here, but they validate, resolve and print a plan."""
+    """Recipes for real models validate, resolve and print a plan without training (hub models
+    cannot train here; smollm2.yaml trains in `make real`)."""
     from alignlab.cli import main
     from alignlab.registry import ExternalRef, Registry
 
