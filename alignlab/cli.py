@@ -50,7 +50,7 @@ def print_results(results: Sequence[Any], title: str) -> None:
 
     table = Table(title=title)
     for col in ("entry", "stage", "artifact", "gold score", "gold accuracy", "KL to SFT", "time"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a narrow terminal wraps names instead of cutting them
     for r in results:
         m = r.artifact.metrics
         table.add_row(

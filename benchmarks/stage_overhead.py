@@ -13,18 +13,30 @@ The RewardModel stage has its own accelerate loop (not TRL's); its raw peer is T
 alignlab side; the reward stage's end-of-training score statistics (used by PPO's reward
 normalisation) are part of the stage and stay in.
 
+With ``--model DIR --lora`` (the ``real`` benchmark: SmolLM2-135M-Instruct) both sides train the
+same LoRA adapter (r 16, alpha 32, every linear layer; the reward model's score head in full) on
+that model, and the time that matters is the training loop alone: ``train_s`` is the wall time
+of the trainer's ``train()`` call (TRL's on both sides for SFT and DPO, alignlab's own loop for the
+reward model), measured by wrapping that one call; ``steps_per_s`` is steps / train_s. The TRL
+side trains SFT on every token (``assistant_only_loss`` refuses a template without
+``{% generation %}`` markers, which is SmolLM2's), alignlab on the assistant tokens: the same
+tokens go through the model, so the compute is the same.
+
 Usage:
     .venv/bin/python benchmarks/stage_overhead.py --fixture DIR --task sft --side alignlab --out r.json
+    .venv/bin/python benchmarks/stage_overhead.py --fixture DIR --model SMOLLM2_DIR --lora --task dpo ...
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,40 +76,73 @@ def conversational_pairs(rows: list[dict]) -> list[dict]:
     ]
 
 
-def alignlab_side(task: str, fixture: Path, tmp: Path, train: dict) -> int:
+LORA = {"r": 16, "alpha": 32}
+TRAIN_SECONDS: list[float] = []  # one entry per timed train() call
+
+
+@contextlib.contextmanager
+def timed(owner: object, name: str) -> Iterator[None]:
+    """Record the wall time of every call of ``owner.name`` in TRAIN_SECONDS."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            TRAIN_SECONDS.append(time.perf_counter() - started)
+
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def alignlab_side(task: str, fixture: Path, tmp: Path, train: dict, model: Path, lora: bool) -> int:
+    import transformers
+
+    import alignlab.stages.reward as reward_stage
     from alignlab import DPO, SFT, Registry, RewardModel
 
     registry = Registry(tmp / "registry")
-    policy = str(fixture / "policy")
+    policy = str(model)
     no_gold = {"gold": False}
+    adapter = {"adapter": {"method": "lora", **LORA}} if lora else {}
     if task in ("sft", "sft_packed"):
         cfg = {
             "data": {"source": str(fixture / "sft.jsonl"), "max_length": MAX_LENGTH},
             "train": train,
             "packing": task == "sft_packed",
             "eval": no_gold,
+            **adapter,
         }
-        art = SFT(cfg).run(registry, model=policy)
+        with timed(transformers.Trainer, "train"):
+            art = SFT(cfg).run(registry, model=policy)
     elif task == "reward":
         cfg = {
             "data": {"source": str(fixture / "prefs.jsonl"), "max_length": MAX_LENGTH, "eval_share": 0.0},
             "train": train,
             "loss": {"use_margin": False},
             "eval": no_gold,
+            **adapter,
         }
-        art = RewardModel(cfg).run(registry, model=policy)
+        with timed(reward_stage, "fit"):
+            art = RewardModel(cfg).run(registry, model=policy)
     else:
         cfg = {
             "data": {"source": str(fixture / "prefs.jsonl"), "max_length": MAX_LENGTH},
             "train": train,
             "kl": {"n": 0},
             "eval": no_gold,
+            **adapter,
         }
-        art = DPO(cfg).run(registry, model=policy)
+        with timed(transformers.Trainer, "train"):
+            art = DPO(cfg).run(registry, model=policy)
     return int(art.metrics.get("train_tokens", 0) or 0)
 
 
-def trl_side(task: str, fixture: Path, tmp: Path, train: dict) -> int:
+def trl_side(task: str, fixture: Path, tmp: Path, train: dict, model_dir: Path, lora: bool) -> int:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -124,27 +169,53 @@ def trl_side(task: str, fixture: Path, tmp: Path, train: dict) -> int:
         max_length=MAX_LENGTH,
         dataset_num_proc=None,
     )
-    tok = AutoTokenizer.from_pretrained(fixture / "policy")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+    def peft(task_type: str):
+        from peft import LoraConfig
+
+        if not lora:
+            return None
+        return LoraConfig(
+            task_type=task_type, r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear"
+        )
+
     if task in ("sft", "sft_packed"):
-        model = AutoModelForCausalLM.from_pretrained(fixture / "policy")
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
         data = Dataset.from_list([{"messages": r["messages"]} for r in records(fixture / "sft.jsonl")])
-        args = trl.SFTConfig(**common, packing=task == "sft_packed", assistant_only_loss=True)
-        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        from trl.chat_template_utils import has_generation_markers
+
+        masked = has_generation_markers(tok.chat_template)  # TRL can mask only templates with markers
+        args = trl.SFTConfig(**common, packing=task == "sft_packed", assistant_only_loss=masked)
+        trainer = trl.SFTTrainer(
+            model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft("CAUSAL_LM")
+        )
     elif task == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(fixture / "policy", num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
         model.config.pad_token_id = tok.pad_token_id
         data = Dataset.from_list(conversational_pairs(records(fixture / "prefs.jsonl")))
         args = trl.RewardConfig(**common)
-        trainer = trl.RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        trainer = trl.RewardTrainer(
+            model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft("SEQ_CLS")
+        )
     else:
-        model = AutoModelForCausalLM.from_pretrained(fixture / "policy")
-        reference = AutoModelForCausalLM.from_pretrained(fixture / "policy")
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        reference = None if lora else AutoModelForCausalLM.from_pretrained(model_dir)
         data = Dataset.from_list(conversational_pairs(records(fixture / "prefs.jsonl")))
         args = trl.DPOConfig(**common, beta=0.1, loss_type="sigmoid")
         trainer = trl.DPOTrainer(
-            model=model, ref_model=reference, args=args, train_dataset=data, processing_class=tok
+            model=model,
+            ref_model=reference,
+            args=args,
+            train_dataset=data,
+            processing_class=tok,
+            peft_config=peft("CAUSAL_LM"),
         )
+    started = time.perf_counter()
     trainer.train()
+    TRAIN_SECONDS.append(time.perf_counter() - started)
     trainer.save_model(str(tmp / "model"))
     tok.save_pretrained(str(tmp / "model"))
     return 0
@@ -182,6 +253,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", type=Path, default=None, help="policy folder (default: the fixture's)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter on both sides")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     import torch
@@ -193,12 +266,17 @@ def main() -> None:
     if args.side == "alignlab":
         import alignlab  # noqa: F401
     train = settings(args)
+    model = args.model or args.fixture / "policy"
+    side = alignlab_side if args.side == "alignlab" else trl_side
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        (alignlab_side if args.side == "alignlab" else trl_side)(args.task, args.fixture, Path(tmp), train)
+        side(args.task, args.fixture, Path(tmp), train, model, args.lora)
         seconds = time.perf_counter() - started
     result = {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if args.task.startswith("sft"):
+    if len(TRAIN_SECONDS) == 1:
+        result["train_s"] = TRAIN_SECONDS[0]
+        result["steps_per_s"] = args.steps / TRAIN_SECONDS[0]
+    if args.task.startswith("sft") and args.model is None:
         tokens = count_sft_tokens(args.fixture, args.steps, args.batch, args.task == "sft_packed")
         result["train_tokens"] = tokens
         result["tokens_per_s"] = tokens / seconds

@@ -58,3 +58,11 @@ def test_replace_section_keeps_hand_written_text():
     assert "table v1" not in twice and "table v2" in twice
     assert "hand written" in twice and "## After" in twice
     assert twice.count(harness.BEGIN_MARK) == 1
+
+
+def test_a_partial_run_has_its_own_section_and_leaves_the_full_run_s():
+    full = harness.replace_section("# Perf\n", "full tables")
+    both = harness.replace_section(full, "real v1", name="real")
+    again = harness.replace_section(both, "real v2", name="real")
+    assert "full tables" in again and "real v2" in again and "real v1" not in again
+    assert again.count(harness.marks("real")[0]) == 1 and again.count(harness.BEGIN_MARK) == 1
