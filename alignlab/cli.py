@@ -50,7 +50,7 @@ def print_results(results: Sequence[Any], title: str) -> None:
 
     table = Table(title=title)
     for col in ("entry", "stage", "artifact", "gold score", "gold accuracy", "KL to SFT", "time"):
-        table.add_column(col, overflow="fold")  # a narrow terminal wraps names instead of cutting them
+        table.add_column(col)
     for r in results:
         m = r.artifact.metrics
         table.add_row(
@@ -62,7 +62,8 @@ def print_results(results: Sequence[Any], title: str) -> None:
             fmt(m.get("kl_to_reference")),
             "reused" if r.reused else f"{r.seconds:.0f}s",
         )
-    Console().print(table)
+    # piped or logged output gets room for the artifact names (rich assumes 80 columns there)
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -124,16 +124,19 @@ def bench_ppo(fixture: Path, work: Path, quick: bool, reps: int, threads: int) -
 # --- stage overhead -----------------------------------------------------------------------------
 
 
+def overhead_contenders(common: list[str]) -> list[Contender]:
+    """The alignlab stage and the TRL trainer, each in its own process of stage_overhead.py."""
+    script = [MAIN_PY, str(HERE / "stage_overhead.py"), *common, "--side"]
+    return [Contender("alignlab", [*script, "alignlab"]), Contender("trl", [*script, "trl"])]
+
+
 def bench_stages(fixture: Path, work: Path, quick: bool, reps: int, threads: int) -> tuple[str, dict]:
     steps = "4" if quick else "30"
     tasks = ["sft", "sft_packed", "reward", "dpo"]
     rows, packing, data = [], {}, {}
     for task in tasks:
         common = ["--fixture", str(fixture), "--task", task, "--steps", steps, "--threads", str(threads)]
-        contenders = [
-            Contender("alignlab", [MAIN_PY, str(HERE / "stage_overhead.py"), *common, "--side", "alignlab"]),
-            Contender("trl", [MAIN_PY, str(HERE / "stage_overhead.py"), *common, "--side", "trl"]),
-        ]
+        contenders = overhead_contenders(common)
         log(f"stages: {task}")
         results = harness.run_alternating(contenders, reps, work / "stages" / task, log=log)
         a = [r["seconds"] for r in results["alignlab"]]
@@ -189,10 +192,7 @@ def bench_real(fixture: Path, work: Path, quick: bool, reps: int, threads: int) 
     for task in ("sft", "reward", "dpo"):
         common = ["--fixture", str(fixture), "--model", str(model), "--lora", "--task", task]
         common += ["--steps", steps, "--batch", batch, "--threads", str(threads)]
-        contenders = [
-            Contender("alignlab", [MAIN_PY, str(HERE / "stage_overhead.py"), *common, "--side", "alignlab"]),
-            Contender("trl", [MAIN_PY, str(HERE / "stage_overhead.py"), *common, "--side", "trl"]),
-        ]
+        contenders = overhead_contenders(common)
         log(f"real: {task}")
         results = harness.run_alternating(contenders, reps, work / "real" / task, log=log)
         a = [r["steps_per_s"] for r in results["alignlab"]]
@@ -224,9 +224,7 @@ def bench_real(fixture: Path, work: Path, quick: bool, reps: int, threads: int) 
         rows,
     )
     text = (
-        "### A real model: SmolLM2-135M-Instruct with LoRA, alignlab vs TRL directly
-
-"
+        "### A real model: SmolLM2-135M-Instruct with LoRA, alignlab vs TRL directly\n\n"
         f"{steps} optimiser steps, batch {batch}, max length 128, LoRA r 16 / alpha 32 on every linear "
         "layer, lr 1e-4 linear, fp32, testbed data in SmolLM2's own chat template. Steps per second "
         "of the training loop alone (the trainer's `train()` call on both sides; alignlab's own loop "

@@ -7,7 +7,7 @@ tokenizer trained on the testbed's text. Lineage starts here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from alignlab.config import load_config
 from alignlab.registry import Artifact, Registry
@@ -61,7 +61,7 @@ class TinyBase:
         text = load_records(cfg.tokenizer_data, kind="text", registry=registry)
 
         def body(run: StageRun) -> None:
-            from alignlab.models import save_model, tiny_llama, train_bpe_tokenizer
+            from alignlab.models import tiny_llama, train_bpe_tokenizer
 
             tok = train_bpe_tokenizer((r["text"] for r in text.records), vocab_size=cfg.vocab_size)
             model = tiny_llama(
@@ -72,10 +72,7 @@ class TinyBase:
                 pad_token_id=tok.pad_token_id,
                 seed=cfg.seed,
             )
-            save_model(model, tok, run.dir)
-            run.metrics["parameters"] = sum(p.numel() for p in model.parameters())
-            run.metrics["vocab_size"] = len(tok)
-            run.metrics.update(gold_metrics(model, tok, cfg.eval, on_testbed=True))
+            save_base(run, model, tok, cfg.eval)
 
         return run_stage(
             stage=self.name,
@@ -88,3 +85,14 @@ class TinyBase:
             force=force,
             body=body,
         )
+
+
+def save_base(run: StageRun, model: Any, tokenizer: Any, eval_cfg: EvalGroup) -> None:
+    """Save a base model into the run and record what it is: its parameter count, vocabulary size
+    and gold score (the floor a recipe's later stages are compared with)."""
+    from alignlab.models import save_model
+
+    save_model(model, tokenizer, run.dir)
+    run.metrics["parameters"] = sum(p.numel() for p in model.parameters())
+    run.metrics["vocab_size"] = len(tokenizer)
+    run.metrics.update(gold_metrics(model, tokenizer, eval_cfg, on_testbed=True))

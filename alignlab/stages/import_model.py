@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alignlab.config import load_config
 from alignlab.registry import Artifact, ExternalRef, Registry
-from alignlab.stages.evaluation import gold_metrics
+from alignlab.stages.base import save_base
 from alignlab.stages.groups import EvalGroup
 from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
 
@@ -79,16 +79,13 @@ class ImportModel:
             data["weights"] = WeightsFile(target.location, file_sha256(target.location))
 
         def body(run: StageRun) -> None:
-            from alignlab.models import load_causal_lm, save_model
+            from alignlab.models import load_causal_lm
 
             loaded, tok = load_causal_lm(
                 run.inputs["model"], run.registry, trust_remote_code=cfg.trust_remote_code, merge_adapter=True
             )
-            save_model(loaded, tok, run.dir)
-            run.metrics["parameters"] = sum(p.numel() for p in loaded.parameters())
-            run.metrics["vocab_size"] = len(tok)
             run.metrics["architecture"] = type(loaded).__name__
-            run.metrics.update(gold_metrics(loaded, tok, cfg.eval, on_testbed=True))
+            save_base(run, loaded, tok, cfg.eval)
 
         return run_stage(
             stage=self.name,

@@ -39,6 +39,14 @@ def _generates(model, tok) -> None:
     assert len(out) == 1 and out[0].strip()
 
 
+def _lora_trained(out, registry, base_state) -> None:
+    """The published policy loads, generates, and differs from the base exactly where LoRA was:
+    q_proj and v_proj of SmolLM2's 30 layers, merged."""
+    model, tok = load_causal_lm(out.ref, registry)
+    assert _changed(base_state, model) == 2 * 30
+    _generates(model, tok)
+
+
 def test_import_publishes_the_gguf_as_plain_safetensors_with_its_sha256(smollm2, smollm2_file):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -84,9 +92,7 @@ def test_pretrain_continues_pretraining_through_lora(smollm2, base_state):
     ).run(registry, model=art.ref)
     assert out.kind == "model"  # merged
     assert math.isfinite(out.metrics["train_loss_last"]) and math.isfinite(out.metrics["perplexity"])
-    model, tok = load_causal_lm(out.ref, registry)
-    assert _changed(base_state, model) == 2 * 30  # q_proj and v_proj of the 30 layers, nothing else
-    _generates(model, tok)
+    _lora_trained(out, registry, base_state)
 
 
 def test_sft_lora_trains_the_assistant_turns_and_publishes_an_adapter(smollm2, base_state):
@@ -129,6 +135,7 @@ def test_sft_full_fine_tunes_every_weight(smollm2, base_state):
     model, tok = load_causal_lm(out.ref, registry)
     assert math.isfinite(out.metrics["train_loss_last"])
     assert _changed(base_state, model) >= 0.9 * len(base_state)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
     _generates(model, tok)
 
 
@@ -172,9 +179,7 @@ def test_dpo_lora_on_the_real_model(smollm2, base_state):
         }
     ).run(registry, model=art.ref)
     assert math.isfinite(out.metrics["train_loss_last"]) and math.isfinite(out.metrics["kl_to_reference"])
-    model, tok = load_causal_lm(out.ref, registry)
-    assert _changed(base_state, model) == 2 * 30
-    _generates(model, tok)
+    _lora_trained(out, registry, base_state)
 
 
 def test_rejection_sampling_on_the_real_model(smollm2, base_state):
@@ -192,9 +197,7 @@ def test_rejection_sampling_on_the_real_model(smollm2, base_state):
         }
     ).run(registry, model=art.ref, reward="alignlab.testbed:gold_reward_fn")
     assert math.isfinite(out.metrics["train_loss_last"])
-    model, tok = load_causal_lm(out.ref, registry)
-    assert _changed(base_state, model) == 2 * 30
-    _generates(model, tok)
+    _lora_trained(out, registry, base_state)
 
 
 def test_ppo_lora_on_the_real_model(smollm2, base_state):
@@ -216,6 +219,4 @@ def test_ppo_lora_on_the_real_model(smollm2, base_state):
     history = out.metrics["history"]
     assert len(history) == 2 and math.isfinite(out.metrics["kl_to_reference"])
     assert all(math.isfinite(h["policy_loss"]) and math.isfinite(h["value_loss"]) for h in history)
-    model, tok = load_causal_lm(out.ref, registry)
-    assert _changed(base_state, model) == 2 * 30
-    _generates(model, tok)
+    _lora_trained(out, registry, base_state)

@@ -1,7 +1,8 @@
 """What alignlab reads from a real tokenizer: SmolLM2's ChatML template, pad == EOS == <|im_end|>.
 
 Most checks pair the real tokenizer with a tiny randomly initialised model of its vocabulary
-(fast); generation checks use the real weights.
+(fast); generation checks use the real weights. The golden assistant masks on SmolLM2's template
+are in tests/unit/models/test_chat_template.py (marked real).
 """
 
 from __future__ import annotations
@@ -12,29 +13,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from alignlab.models.chat_template import chat_messages, tokenize_chat
 from alignlab.models.generation import encode_prompts, left_pad, stop_token_ids
 
-SINGLE = [
-    {"role": "user", "content": "What is 3 plus 4?"},
-    {"role": "assistant", "content": "The answer is 7."},
-]
 MULTI = [
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "content": "Hello there."},
     {"role": "user", "content": "Add 3 and 4."},
     {"role": "assistant", "content": "7"},
-]
-SYSTEM = [{"role": "system", "content": "Be terse."}, *SINGLE]
-TOOL = [
-    {"role": "user", "content": "Weather in Paris?"},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}],
-    },
-    {"role": "tool", "content": "sunny", "name": "weather"},
-    {"role": "assistant", "content": "It is sunny."},
 ]
 
 
@@ -64,31 +49,6 @@ def test_smollm2_facts_as_alignlab_reads_them(smollm2_tokenizer):
     assert stop_token_ids(tok, model) == [tok.eos_token_id]
     model.generation_config.eos_token_id = [tok.eos_token_id, 0]  # a list, as LLaMA-3 writes it
     assert stop_token_ids(tok, model) == sorted([tok.eos_token_id, 0])
-
-
-@pytest.mark.parametrize("messages", [SINGLE, MULTI, SYSTEM, TOOL], ids=["single", "multi", "system", "tool"])
-def test_golden_masks_on_smollm2_are_the_assistant_content_and_im_end(smollm2_tokenizer, messages):
-    tok = smollm2_tokenizer
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    chat = tokenize_chat(tok, messages, stop_ids=[end])
-    spans, run = [], []
-    for token, m in zip(chat.input_ids, chat.assistant_mask):
-        if m:
-            run.append(token)
-        elif run:
-            spans.append(run)
-            run = []
-    spans += [run] if run else []
-    expected = [
-        tok(m["content"], add_special_tokens=False)["input_ids"] + [end]
-        for m in chat_messages(tok, messages)
-        if m["role"] == "assistant"
-    ]
-    assert spans == expected
-    # what is left out: the system prompt (SmolLM2's default one when none is given), every
-    # header, the user turns, and the newline after each <|im_end|>
-    unmasked = tok.decode([t for t, m in zip(chat.input_ids, chat.assistant_mask) if not m])
-    assert unmasked.startswith("<|im_start|>system\n") and "<|im_start|>assistant\n" in unmasked
 
 
 def test_sft_labels_through_trl_train_exactly_the_masked_tokens(smollm2_tokenizer, tmp_path):

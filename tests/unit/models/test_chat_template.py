@@ -1,8 +1,11 @@
 """Assistant-token masks for any chat template (alignlab.models.chat_template).
 
 Golden checks: the masked tokens are exactly each assistant turn's content followed by its
-end-of-turn token. SmolLM2's own tokenizer and template are checked in tests/real.
+end-of-turn token, for alignlab's template, ChatML on alignlab's tokenizer, and SmolLM2's own
+tokenizer and template (the ``smollm2`` cases belong to the real-model group).
 """
+
+import copy
 
 import pytest
 
@@ -84,20 +87,26 @@ def _expected(tok, messages, end_token):
 
 
 @pytest.mark.parametrize("messages", [SINGLE, MULTI, SYSTEM, TOOL], ids=["single", "multi", "system", "tool"])
-@pytest.mark.parametrize("template", ["alignlab", "chatml"])
-def test_masked_tokens_are_each_assistant_turn_and_its_end_of_turn_token(tok, messages, template):
+@pytest.mark.parametrize("template", ["alignlab", "chatml", pytest.param("smollm2", marks=pytest.mark.real)])
+def test_masked_tokens_are_each_assistant_turn_and_its_end_of_turn_token(tok, request, messages, template):
     end_token = "</s>" if template == "alignlab" else "<|im_end|>"
     if template == "chatml":
         tok = _copy(tok)
         tok.chat_template = CHATML
+    elif template == "smollm2":
+        tok = request.getfixturevalue("smollm2_tokenizer")
     chat = tokenize_chat(tok, messages, stop_ids=[tok.convert_tokens_to_ids(end_token)])
     assert len(chat.input_ids) == len(chat.assistant_mask)
     assert _spans(tok, chat) == _expected(tok, messages, end_token)
+    # what is left out: the system prompt (SmolLM2's default one when none is given), every
+    # header, the user turns, and what follows each end-of-turn token
+    unmasked = tok.decode([t for t, m in zip(chat.input_ids, chat.assistant_mask) if not m])
+    assert "What is 3 plus 4?" in unmasked or "Hi" in unmasked or "Reverse" in unmasked
+    if template == "smollm2":
+        assert unmasked.startswith("<|im_start|>system\n") and "<|im_start|>assistant\n" in unmasked
 
 
 def _copy(tok):
-    import copy
-
     return copy.deepcopy(tok)
 
 

