@@ -191,7 +191,10 @@ def bench_real(fixture: Path, work: Path, quick: bool, reps: int, threads: int) 
     rows, data = [], {}
     for task in ("sft", "reward", "dpo"):
         common = ["--fixture", str(fixture), "--model", str(model), "--lora", "--task", task]
-        common += ["--steps", steps, "--batch", batch, "--threads", str(threads)]
+        # the data of exactly the steps taken (the reward stage's end-of-training score statistics
+        # run over its training data: with all 512 pairs they would take longer than the training)
+        common += ["--steps", steps, "--batch", batch, "--limit", str(int(steps) * int(batch))]
+        common += ["--threads", str(threads)]
         contenders = overhead_contenders(common)
         log(f"real: {task}")
         results = harness.run_alternating(contenders, reps, work / "real" / task, log=log)
@@ -225,7 +228,8 @@ def bench_real(fixture: Path, work: Path, quick: bool, reps: int, threads: int) 
     )
     text = (
         "### A real model: SmolLM2-135M-Instruct with LoRA, alignlab vs TRL directly\n\n"
-        f"{steps} optimiser steps, batch {batch}, max length 128, LoRA r 16 / alpha 32 on every linear "
+        f"{steps} optimiser steps, batch {batch} (the first {int(steps) * int(batch)} records), max length "
+        "128, LoRA r 16 / alpha 32 on every linear "
         "layer, lr 1e-4 linear, fp32, testbed data in SmolLM2's own chat template. Steps per second "
         "of the training loop alone (the trainer's `train()` call on both sides; alignlab's own loop "
         "for the reward model); the whole-run columns add loading, data validation and publishing. "

@@ -60,8 +60,11 @@ def settings(args: argparse.Namespace) -> dict:
     }
 
 
+LIMIT: int | None = None  # --limit: both sides read only the first N records
+
+
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in open(path)]
+    return [json.loads(line) for line in open(path)][:LIMIT]
 
 
 def conversational_pairs(rows: list[dict]) -> list[dict]:
@@ -108,10 +111,11 @@ def alignlab_side(task: str, fixture: Path, tmp: Path, train: dict, model: Path,
     registry = Registry(tmp / "registry")
     policy = str(model)
     no_gold = {"gold": False}
+    limit = {"limit": LIMIT} if LIMIT else {}
     adapter = {"adapter": {"method": "lora", **LORA}} if lora else {}
     if task in ("sft", "sft_packed"):
         cfg = {
-            "data": {"source": str(fixture / "sft.jsonl"), "max_length": MAX_LENGTH},
+            "data": {"source": str(fixture / "sft.jsonl"), "max_length": MAX_LENGTH, **limit},
             "train": train,
             "packing": task == "sft_packed",
             "eval": no_gold,
@@ -121,7 +125,12 @@ def alignlab_side(task: str, fixture: Path, tmp: Path, train: dict, model: Path,
             art = SFT(cfg).run(registry, model=policy)
     elif task == "reward":
         cfg = {
-            "data": {"source": str(fixture / "prefs.jsonl"), "max_length": MAX_LENGTH, "eval_share": 0.0},
+            "data": {
+                "source": str(fixture / "prefs.jsonl"),
+                "max_length": MAX_LENGTH,
+                "eval_share": 0.0,
+                **limit,
+            },
             "train": train,
             "loss": {"use_margin": False},
             "eval": no_gold,
@@ -131,7 +140,7 @@ def alignlab_side(task: str, fixture: Path, tmp: Path, train: dict, model: Path,
             art = RewardModel(cfg).run(registry, model=policy)
     else:
         cfg = {
-            "data": {"source": str(fixture / "prefs.jsonl"), "max_length": MAX_LENGTH},
+            "data": {"source": str(fixture / "prefs.jsonl"), "max_length": MAX_LENGTH, **limit},
             "train": train,
             "kl": {"n": 0},
             "eval": no_gold,
@@ -255,6 +264,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", type=Path, default=None, help="policy folder (default: the fixture's)")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter on both sides")
+    p.add_argument("--limit", type=int, default=None, help="both sides read only the first N records")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     import torch
@@ -265,6 +275,8 @@ def main() -> None:
 
     if args.side == "alignlab":
         import alignlab  # noqa: F401
+    global LIMIT
+    LIMIT = args.limit
     train = settings(args)
     model = args.model or args.fixture / "policy"
     side = alignlab_side if args.side == "alignlab" else trl_side
