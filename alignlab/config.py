@@ -168,19 +168,63 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     return value
 
 
+# ---- run control: settings that change how a run is watched, never what it computes -----------
+
+RUN_CONTROL = "run_control"
+
+
+def run_control(**kwargs: Any) -> Any:
+    """A dataclass field that controls the run (logging, checkpoints, resume), not its result.
+
+    Fingerprints leave such fields out (:func:`weights_config`): changing them reuses the artifact.
+    ``kwargs`` are those of ``dataclasses.field`` (``default=`` or ``default_factory=``).
+    """
+    return dataclasses.field(metadata={RUN_CONTROL: True}, **kwargs)
+
+
+def run_control_group(cls: type[T]) -> type[T]:
+    """Mark a whole config group as run control (evaluation, tracking): every field of that type is."""
+    cls.__run_control__ = True  # type: ignore[attr-defined]
+    return cls
+
+
+def is_run_control(f: dataclasses.Field, value: Any) -> bool:
+    """Whether the field ``f`` (holding ``value``) is marked as run control, itself or by its group."""
+    return bool(f.metadata.get(RUN_CONTROL)) or getattr(type(value), "__run_control__", False)
+
+
+def weights_config(config: Any) -> dict[str, Any]:
+    """The config as :func:`to_dict` gives it, without its run-control fields (recursively): what
+    decides the artifact's weights, and so its fingerprint."""
+
+    def strip(value: Any) -> Any:
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            return value
+        return {
+            f.name: strip(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not is_run_control(f, getattr(value, f.name))
+        }
+
+    return to_dict_plain(strip(config))
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """The resolved config as plain JSON-able data (enums by value)."""
+    return to_dict_plain(dataclasses.asdict(config))
 
-    def plain(v: Any) -> Any:
-        if isinstance(v, enum.Enum):
-            return v.value
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
 
-    return plain(dataclasses.asdict(config))
+def to_dict_plain(value: Any) -> Any:
+    """Enums by value, tuples as lists, in nested dicts and lists."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: to_dict_plain(x) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_dict_plain(x) for x in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict_plain(dataclasses.asdict(value))
+    return value
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,7 +36,10 @@ def import_reward_fn(path: str) -> RewardFn:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ConfigError(f"reward function {path!r}: cannot import module {module_name!r}: {err}") from err
+        raise ConfigError(
+            f"reward function {path!r}: cannot import module {module_name!r}: {err} (a registry "
+            "reference with a colon names a version: name:v3 or name:latest)"
+        ) from err
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"reward function {path!r}: {module_name} has no callable {attr!r}")
@@ -148,11 +152,16 @@ def load_scorer(
 
 
 def is_import_path(ref: str) -> bool:
-    """``py:mod:fn`` or ``pkg.mod:fn`` (a dotted module and an identifier); registry refs look like ``name:v3``."""
+    """``py:mod:fn``, ``pkg.mod:fn`` or ``mod:fn``: a module and an identifier that is no version.
+
+    A registry reference with a colon names a version (``name:v3``, ``name:3``, ``name:latest``),
+    so ``my_rewards:score`` can only be a function in the top-level module ``my_rewards``.
+    """
     if ref.startswith("py:"):
         return True
     module, sep, attr = ref.partition(":")
-    return bool(sep) and attr.isidentifier() and "." in module and "/" not in module
+    is_version = attr == "latest" or re.fullmatch(r"v?\d+", attr) is not None
+    return bool(sep and module) and attr.isidentifier() and not is_version and "/" not in module
 
 
 # ---- the `reward` input of a stage: an artifact or a function ------------------------------------------------------

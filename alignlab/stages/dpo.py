@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from alignlab.config import load_config
+from alignlab.config import load_config, run_control_group
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, is_zero3, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError, TrainingError
@@ -163,9 +163,11 @@ class DPOData:
     limit: int | None = None
 
 
+@run_control_group
 @dataclass
 class KLEval:
-    """KL(π ‖ π_ref) measured after training (see :func:`kl_to_reference`).
+    """KL(π ‖ π_ref) measured after training (see :func:`kl_to_reference`); run control, like
+    ``eval``: not part of the fingerprint.
 
     Attributes:
         n: prompts to sample one response each for (held-out testbed prompts on the testbed, else

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from alignlab.config import run_control, run_control_group
+
 
 class ReportTo(StrEnum):
     """Where training metrics go besides the console and the artifact."""
@@ -41,7 +43,7 @@ class TrainGroup:
         lr_scheduler: transformers scheduler name (cosine, linear, constant, ...).
         max_grad_norm: gradient clipping norm.
         seed: seed for data order and initialisation.
-        logging_steps: log every N optimiser steps.
+        logging_steps: log every N optimiser steps (run control: not part of the fingerprint).
     """
 
     epochs: float = 1.0
@@ -54,7 +56,7 @@ class TrainGroup:
     lr_scheduler: str = "cosine"
     max_grad_norm: float = 1.0
     seed: int = 0
-    logging_steps: int = 10
+    logging_steps: int = run_control(default=10)
 
 
 @dataclass
@@ -96,9 +98,11 @@ class PromptSource:
     limit: int | None = None
 
 
+@run_control_group
 @dataclass
 class EvalGroup:
-    """Evaluation run at the end of a stage.
+    """Evaluation run at the end of a stage (run control: measures the artifact, never changes it,
+    so it is not part of the fingerprint).
 
     Attributes:
         gold: score the model with the testbed's gold scorer (only meaningful on testbed data).
@@ -111,9 +115,10 @@ class EvalGroup:
     max_new_tokens: int = 32
 
 
+@run_control_group
 @dataclass
 class TrackingGroup:
-    """Experiment tracking.
+    """Experiment tracking (run control: not part of the fingerprint).
 
     Attributes:
         report_to: none | wandb | tensorboard.

@@ -30,11 +30,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from alignlab.config import load_config, to_dict
+from alignlab.config import load_config, run_control
 from alignlab.distributed import runtime as dist
 from alignlab.distributed.config import DistributedGroup
 from alignlab.errors import ConfigError, TrainingError
-from alignlab.registry import Artifact, Registry, fingerprint
+from alignlab.registry import Artifact, Registry
 from alignlab.rewards import resolve_reward
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
 from alignlab.rl.normalization import RewardNormalization, score_moments_from_metrics
@@ -49,12 +49,11 @@ from alignlab.stages.groups import (
     TrackingGroup,
     TrainGroup,
 )
-from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage
+from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage, stage_fingerprint
 
 log = logging.getLogger("alignlab")
 
 StepCallback = Callable[[int, dict[str, Any]], None]
-RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "checkpoint_dir", "tracking")  # not part of the run key
 
 
 @dataclass
@@ -156,7 +155,7 @@ class PPOTrainGroup(TrainGroup):
     lr: float = 1e-5
     warmup_ratio: float = 0.0
     lr_scheduler: str = "linear"
-    logging_steps: int = 1
+    logging_steps: int = run_control(default=1)
 
 
 @dataclass
@@ -206,9 +205,9 @@ class PPOConfig:
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     ptx: PTXSettings = field(default_factory=PTXSettings)
     max_kl: float | None = None
-    checkpoint_every: int = 50
-    checkpoint_dir: str | None = None
-    resume: bool = True
+    checkpoint_every: int = run_control(default=50)
+    checkpoint_dir: str | None = run_control(default=None)
+    resume: bool = run_control(default=True)
     eval: PPOEvalGroup = field(default_factory=PPOEvalGroup)
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
     distributed: DistributedGroup = field(default_factory=DistributedGroup)
@@ -604,17 +603,9 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
 
 
 def run_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -> str:
-    """The fingerprint of the training run itself: the stage fingerprint without run-control keys.
-
-    Resuming with ``resume`` or ``checkpoint_every`` changed still finds the checkpoint.
-    """
-    config = {k: v for k, v in to_dict(cfg).items() if k not in RUN_CONTROL_KEYS}
-    return fingerprint(
-        "ppo",
-        config,
-        {role: t.id for role, t in inputs.items()},
-        sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items()),
-    )
+    """The key of the training run's checkpoints: the stage fingerprint, which leaves out the
+    run-control fields, so resuming with ``resume`` or ``checkpoint_every`` changed still finds them."""
+    return stage_fingerprint("ppo", cfg, inputs, data)
 
 
 def _gold(policy: Any, tokenizer: Any, cfg: PPOEvalGroup) -> dict[str, float]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignlab.config import to_dict
+from alignlab.config import to_dict, weights_config
 from alignlab.errors import ConfigError, ReferenceNotFound, RegistryError
 from alignlab.registry import Artifact, ExternalRef, Publication, Registry, fingerprint
 from alignlab.stages.groups import TrackingGroup, TrainGroup
@@ -125,6 +125,20 @@ def run_policy_stage(
     )
 
 
+def stage_fingerprint(
+    stage: str, config: Any, inputs: Mapping[str, Resolved], data: Mapping[str, Any]
+) -> str:
+    """What decides a stage's result: its name, its config without run-control fields
+    (:func:`alignlab.config.weights_config`: evaluation, tracking, logging, checkpoints and
+    resume are left out), its input artifacts and its data. Equal fingerprints reuse the artifact."""
+    return fingerprint(
+        stage,
+        weights_config(config),
+        {role: target.id for role, target in inputs.items()},
+        sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items()),
+    )
+
+
 def run_stage(
     *,
     stage: str,
@@ -139,9 +153,7 @@ def run_stage(
 ) -> Artifact:
     """Reuse the artifact with the same fingerprint, or run ``body`` and publish what it wrote."""
     resolved_config = to_dict(config)
-    input_ids = {role: target.id for role, target in inputs.items()}
-    data_fps = sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items())
-    fp = fingerprint(stage, resolved_config, input_ids, data_fps)
+    fp = stage_fingerprint(stage, config, inputs, data)
     from alignlab.distributed.config import current_world_size
     from alignlab.distributed.runtime import barrier, is_main_process, rank
 

@@ -62,6 +62,22 @@ def test_rerun_reuses_artifacts(tiny_pipeline):
     assert again.id == arts["sft"].id
 
 
+def test_turning_on_tracking_or_changing_the_evaluation_reuses_the_artifact(tiny_pipeline):
+    from alignlab.stages.sft import SFT
+
+    registry, arts = tiny_pipeline
+    watched = {
+        **arts["sft"].config,
+        "tracking": {"report_to": "tensorboard", "run_name": "watched"},
+        "eval": {"gold_n": 3, "max_new_tokens": 4},
+        "train": {**arts["sft"].config["train"], "logging_steps": 1},
+    }
+    assert SFT(watched).run(registry, model=arts["pretrain"].ref).id == arts["sft"].id
+    changed = {**arts["sft"].config, "train": {**arts["sft"].config["train"], "max_steps": 1}}
+    retrained = SFT({**changed, "eval": {"gold": False}}).run(registry, model=arts["pretrain"].ref)
+    assert retrained.id != arts["sft"].id and retrained.fingerprint != arts["sft"].fingerprint
+
+
 def test_lineage_and_cli_show_json(tiny_pipeline, capsys):
     registry, arts = tiny_pipeline
     chain = [a.ref for _, a in registry.lineage(arts["sft"].ref)]

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, ReferenceNotFound
 from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes, expected_max, plot_best_of_n
 from alignlab.rewards import function_source, resolve_reward
 from alignlab.stages.rejection import select_best
@@ -81,3 +81,20 @@ def test_a_reward_function_and_its_import_path_are_the_same_source(tmp_path):
     assert by_object.source.source == "py:alignlab.testbed.gold:gold_reward_fn"
     with pytest.raises(ConfigError, match="input 'reward' is required"):
         resolve_reward(registry, None)
+
+
+def test_a_reward_function_in_a_top_level_module_is_not_taken_for_a_registry_reference(tmp_path, monkeypatch):
+    from alignlab.registry import Registry
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def score(prompts, responses):\n    return [1.0] * len(responses)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry(tmp_path / "reg")
+    resolved = resolve_reward(registry, "my_rewards:score")
+    assert resolved.fn is not None and resolved.source.source == "py:my_rewards:score"
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module_xyz'.*name:v3"):
+        resolve_reward(registry, "no_such_module_xyz:score")
+    for ref in ("reward:v3", "reward:latest", "reward:3"):  # versions stay registry references
+        with pytest.raises(ReferenceNotFound):
+            resolve_reward(registry, ref)

@@ -1,0 +1,68 @@
+"""Fingerprints: run-control settings (evaluation, tracking, logging, checkpoints, resume) are left
+out, so toggling them reuses the artifact; anything that changes the weights is in."""
+
+import dataclasses
+
+import pytest
+
+from alignlab.config import apply_overrides, is_run_control, load_config
+from alignlab.registry import ExternalRef
+from alignlab.stages import STAGES
+from alignlab.stages.runner import stage_fingerprint
+
+INPUTS = {"model": ExternalRef("m", "/tmp/m", is_local=True)}
+RUN_CONTROL = {
+    "*": ["tracking.report_to=wandb", "tracking.run_name=x", "eval.gold_n=7", "eval.gold=false"],
+    "train": ["train.logging_steps=3"],
+    "ppo": ["checkpoint_every=3", "checkpoint_dir=/tmp/ck", "resume=false", "eval.gold_every=2"],
+    "dpo": ["kl.n=3", "kl.max_new_tokens=4"],
+}
+WEIGHTS = {"train": ["train.lr=0.123", "train.seed=5"], "adapter": ["adapter.method=lora"]}
+RUN_CONTROL_NAMES = {
+    "eval",
+    "tracking",
+    "logging_steps",
+    "checkpoint_every",
+    "checkpoint_dir",
+    "resume",
+    "kl",
+}
+
+
+def _fp(cls, overrides=()):
+    config = load_config(cls.config_cls, apply_overrides({}, list(overrides)))
+    return stage_fingerprint(cls.name, config, INPUTS, {})
+
+
+def _has(cls, group):
+    return group in {f.name for f in dataclasses.fields(cls.config_cls)}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_run_control_settings_reuse_and_weight_settings_do_not(name):
+    cls = STAGES[name]
+    base = _fp(cls)
+    toggles = [o for o in RUN_CONTROL["*"] if _has(cls, o.split(".")[0])]
+    toggles += RUN_CONTROL["train"] if _has(cls, "train") else []
+    toggles += RUN_CONTROL.get(name, [])
+    for override in toggles:
+        assert _fp(cls, [override]) == base, f"{name}: {override} changed the fingerprint"
+    for group, overrides in WEIGHTS.items():
+        for override in overrides if _has(cls, group) else []:
+            assert _fp(cls, [override]) != base, f"{name}: {override} did not change the fingerprint"
+
+
+def _fields(cls, path=""):
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        yield f"{path}{f.name}", f, default
+        if dataclasses.is_dataclass(default) and not is_run_control(f, default):
+            yield from _fields(type(default), f"{path}{f.name}.")
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_run_control_setting_is_marked_in_every_stage(name):
+    """A subclass that redefines such a field (PPO's logging_steps) must mark it again."""
+    for path, f, default in _fields(STAGES[name].config_cls):
+        if path.rsplit(".", 1)[-1] in RUN_CONTROL_NAMES and not (name == "ppo" and path == "kl"):
+            assert is_run_control(f, default), f"{name}: {path} is run control but not marked"
