@@ -11,26 +11,23 @@ __version__ = "0.1.0"
 from alignlab.errors import AlignlabError, ConfigError, DataError, ReferenceNotFound  # noqa: E402
 from alignlab.registry import Artifact, Registry  # noqa: E402
 
-_LAZY = {
-    "TinyBase": "alignlab.stages.base",
-    "ImportModel": "alignlab.stages.import_model",
-    "Pretrain": "alignlab.stages.pretrain",
-    "SFT": "alignlab.stages.sft",
-    "RewardModel": "alignlab.stages.reward",
-    "DPO": "alignlab.stages.dpo",
-    "RejectionSampling": "alignlab.stages.rejection",
-    "PPO": "alignlab.stages.ppo",
-    "run_recipe": "alignlab.recipe",
-    "load_recipe": "alignlab.recipe",
-}
+_LAZY = {"run_recipe": "alignlab.recipe", "load_recipe": "alignlab.recipe"}
+
+
+def _stage_classes() -> dict[str, str]:
+    """Public stage class name -> module, from the stage table (alignlab.stages.STAGE_INFO)."""
+    from alignlab.stages import STAGE_INFO
+
+    return {info.class_name: info.target.partition(":")[0] for info in STAGE_INFO.values()}
 
 
 def __getattr__(name: str):
     """Stage classes import on first use, so `import alignlab` stays light."""
-    if name in _LAZY:
-        import importlib
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    modules = {**_LAZY, **_stage_classes()}
+    if name in modules:
+        return getattr(importlib.import_module(modules[name]), name)
     raise AttributeError(f"module 'alignlab' has no attribute {name!r}")
 
 

@@ -24,7 +24,6 @@ on the command line sets the top-level one.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from alignlab.distributed.config import with_recipe_distributed
 from alignlab.errors import did_you_mean
 from alignlab.registry import Artifact, Registry
 from alignlab.stages import STAGES
+from alignlab.stages.contract import input_roles
 
 log = logging.getLogger("alignlab")
 
@@ -47,9 +47,8 @@ TOP_LEVEL_KEYS = ("name", "description", "distributed", "stages")
 
 
 def stage_inputs(stage_cls: type) -> list[str]:
-    """The input roles a stage's ``run`` takes (its keyword-only parameters but ``force``)."""
-    params = inspect.signature(stage_cls.run).parameters.values()
-    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "force"]
+    """The input roles a stage takes (its declared ``inputs``: alignlab.stages.contract)."""
+    return input_roles(stage_cls)
 
 
 @dataclass
@@ -228,6 +227,55 @@ def plan(recipe: Recipe) -> list[str]:
     return lines
 
 
+def check_recipe(recipe: Recipe, registry: Registry) -> None:
+    """Every check that needs no training, for every entry, before any entry trains.
+
+    Each stage's ``check`` resolves its inputs (and checks their kinds), reads and validates its
+    data and imports its reward functions. An input that an earlier entry will produce is given
+    as a :class:`~alignlab.stages.contract.Planned` of the kind that entry publishes.
+
+    Raises:
+        ConfigError, DataError, ReferenceNotFound: naming the entry.
+    """
+    from alignlab.data.sources import HubUnreachable
+    from alignlab.errors import AlignlabError
+    from alignlab.stages.contract import Planned
+
+    planned: dict[str, Planned] = {}
+    for e in recipe.entries:
+        inputs = {role: planned.get(ref, ref) for role, ref in e.inputs.items()}
+        try:
+            e.runner.check(registry, **inputs)
+        except HubUnreachable as err:  # offline: neither right nor wrong, so said and passed
+            log.warning(
+                "%s: entry %r: its data %r can only be a hub dataset and the hub is not reachable, "
+                "so it was not checked",
+                recipe.path,
+                e.name,
+                err.name,
+            )
+        except AlignlabError as err:
+            raise _named(err, f"{recipe.path}: entry {e.name!r} ({e.stage})") from None
+        planned[e.name] = Planned(e.name, e.runner.output_kind())
+
+
+def _named(err: Exception, where: str) -> Exception:
+    """The same kind of error (ConfigError, DataError, ...), its message led by ``where``."""
+    from alignlab.errors import (
+        AlignlabError,
+        ConfigError,
+        DataError,
+        ReferenceNotFound,
+        RegistryError,
+        TrainingError,
+    )
+
+    for kind in (ConfigError, DataError, ReferenceNotFound, RegistryError, TrainingError, AlignlabError):
+        if isinstance(err, kind):
+            return kind(f"{where}: {err}")
+    return err
+
+
 def run_recipe(
     recipe: Recipe,
     registry: Registry | None = None,
@@ -242,17 +290,13 @@ def run_recipe(
         dry_run: validate and resolve references, train nothing.
     """
     registry = registry or Registry()
+    if dry_run:
+        check_recipe(recipe, registry)
+        return []
     produced: dict[str, Artifact] = {}
     results: list[StageResult] = []
     for e in recipe.entries:
         inputs = {role: produced[ref].id if ref in produced else ref for role, ref in e.inputs.items()}
-        if dry_run:
-            from alignlab.rewards import is_import_path
-
-            for ref in e.inputs.values():
-                if ref not in {x.name for x in recipe.entries} and not is_import_path(ref):
-                    registry.resolve(ref)
-            continue
         entry_force = force if isinstance(force, bool) else e.name in force
         started = time.perf_counter()
         before = {a.id for a in registry.list(e.config.output)}

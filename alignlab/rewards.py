@@ -226,6 +226,15 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
             "input 'reward' is required: pass reward=REWARD_MODEL_REF, a reward function, or "
             "'package.module:function' (e.g. reward='alignlab.testbed:gold_reward_fn')"
         )
+    from alignlab.stages.contract import Planned
+
+    if isinstance(reward, Planned):  # a dry run: a reward model an earlier recipe entry will train
+        if reward.kind != "reward_model":
+            raise ConfigError(
+                f"reward: entry {reward.entry!r} publishes a {reward.kind}, not a reward model; pass a "
+                "reward_model entry or a reward function"
+            )
+        return RewardInput(target=reward)
     if isinstance(reward, str) and is_import_path(reward):
         reward = import_reward_fn(reward)
     if callable(reward) and not isinstance(reward, (str, Artifact)):

@@ -238,6 +238,18 @@ def read_testbed(source: str, kind: RecordKind) -> Iterator[Row]:
         yield f"{source}:record {number}", {wrap: item} if isinstance(item, str) else item
 
 
+class HubUnreachable(DataError):
+    """A data source that can only be a hub dataset, and the hub could not be reached.
+
+    A dry run reports it as not checked rather than as wrong: without the network nothing can
+    tell a hub dataset that exists from one that does not.
+    """
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 def read_hub(name: str, split: str, registry_says: str = "") -> Iterator[Row]:
     """A Hugging Face hub dataset through ``datasets.load_dataset``.
 
@@ -250,9 +262,10 @@ def read_hub(name: str, split: str, registry_says: str = "") -> Iterator[Row]:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as err:  # offline, missing, gated, bad split: all mean "not reachable" here
         note = f" (registry: {registry_says})" if registry_says else ""
-        raise DataError(
+        raise HubUnreachable(
             f"{name!r} is neither a local file or folder, a testbed source ('testbed:<name>'), a registry "
-            f"reference{note} nor a reachable hub dataset: {type(err).__name__}: {err}"
+            f"reference{note} nor a reachable hub dataset: {type(err).__name__}: {err}",
+            name,
         ) from err
     yield from _table_rows(iter(dataset), f"hf:{name}")
 

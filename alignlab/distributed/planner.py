@@ -43,7 +43,15 @@ class PlanStage(StrEnum):
     PPO = "ppo"  # actor and critic trained, reference and reward model frozen
 
 
-STAGE_ALIASES = {"pretrain": PlanStage.SFT, "reward_model": PlanStage.RM, "reward": PlanStage.RM}
+def _stage_aliases() -> dict[str, PlanStage]:
+    """Recipe stage names -> the shape of their training run (alignlab.stages.STAGE_INFO's plan_as)."""
+    from alignlab.stages import STAGE_INFO
+
+    aliases = {name: PlanStage(info.plan_as) for name, info in STAGE_INFO.items() if info.plan_as}
+    return {**aliases, "reward": PlanStage.RM}
+
+
+STAGE_ALIASES = _stage_aliases()
 
 
 class Accounting(StrEnum):

@@ -1,13 +1,16 @@
 """The stages: one class each, its typed config beside it in the same file.
 
-``STAGES`` maps the name used in recipes to the class. Classes are imported on first use (so
-`alignlab --help` stays fast); registering a name twice is an error.
+``STAGES`` maps the name used in recipes to the class, and ``STAGE_INFO`` to what is known of it
+without importing it. Classes are imported on first use (so `alignlab --help` stays fast);
+registering a name twice is an error. Every class follows the contract of
+:mod:`alignlab.stages.contract`.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -43,19 +46,47 @@ class StageRegistry(Mapping[str, Any]):
 STAGES = StageRegistry()
 
 
-def register_stage(name: str, target: str | type) -> None:
-    """Make a stage usable as ``stage: name`` in recipes (a class or a ``"module:Class"`` path)."""
+@dataclass(frozen=True)
+class StageInfo:
+    """What is known of a stage without importing it (its module imports torch and friends).
+
+    Attributes:
+        name: the recipe name (``stage: sft``).
+        target: ``"module:Class"``.
+        plan_as: the memory planner's shape of its training run (sft | rm | dpo | ppo), or None
+            when it trains nothing (``alignlab plan`` accepts the recipe name for it).
+    """
+
+    name: str
+    target: str
+    plan_as: str | None = None
+
+    @property
+    def class_name(self) -> str:
+        return self.target.partition(":")[2]
+
+
+STAGE_INFO: dict[str, StageInfo] = {}
+
+
+def register_stage(name: str, target: str | type, *, plan_as: str | None = None) -> None:
+    """Make a stage usable as ``stage: name`` in recipes (a class or a ``"module:Class"`` path).
+
+    The class follows :class:`alignlab.stages.contract.Stage`.
+    """
     STAGES.register(name, target)
+    path = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+    STAGE_INFO[name] = StageInfo(name, path, plan_as)
 
 
-for _name, _path in {
-    "tiny_base": "alignlab.stages.base:TinyBase",
-    "import_model": "alignlab.stages.import_model:ImportModel",
-    "pretrain": "alignlab.stages.pretrain:Pretrain",
-    "sft": "alignlab.stages.sft:SFT",
-    "reward_model": "alignlab.stages.reward:RewardModel",
-    "dpo": "alignlab.stages.dpo:DPO",
-    "rejection_sampling": "alignlab.stages.rejection:RejectionSampling",
-    "ppo": "alignlab.stages.ppo:PPO",
-}.items():
-    register_stage(_name, _path)
+for _info in (
+    StageInfo("tiny_base", "alignlab.stages.base:TinyBase"),
+    StageInfo("import_model", "alignlab.stages.import_model:ImportModel"),
+    StageInfo("pretrain", "alignlab.stages.pretrain:Pretrain", plan_as="sft"),
+    StageInfo("sft", "alignlab.stages.sft:SFT", plan_as="sft"),
+    StageInfo("reward_model", "alignlab.stages.reward:RewardModel", plan_as="rm"),
+    StageInfo("dpo", "alignlab.stages.dpo:DPO", plan_as="dpo"),
+    StageInfo("rejection_sampling", "alignlab.stages.rejection:RejectionSampling", plan_as="sft"),
+    StageInfo("ppo", "alignlab.stages.ppo:PPO", plan_as="ppo"),
+):
+    register_stage(_info.name, _info.target, plan_as=_info.plan_as)

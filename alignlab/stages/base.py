@@ -49,16 +49,26 @@ class TinyBase:
 
     name = "tiny_base"
     config_cls = TinyBaseConfig
+    inputs = ()
 
     def __init__(self, config: TinyBaseConfig | dict | None = None) -> None:
         self.config = load_config(TinyBaseConfig, config)
 
-    def run(self, registry: Registry | None = None, *, force: bool = False) -> Artifact:
+    def output_kind(self) -> str:
+        return "model"
+
+    def check(self, registry: Registry) -> None:
+        self._tokenizer_text(registry)
+
+    def _tokenizer_text(self, registry: Registry) -> Any:
         from alignlab.data import load_records
 
+        return load_records(self.config.tokenizer_data, kind="text", registry=registry)
+
+    def run(self, registry: Registry | None = None, *, force: bool = False) -> Artifact:
         cfg = self.config
         registry = registry or Registry()
-        text = load_records(cfg.tokenizer_data, kind="text", registry=registry)
+        text = self._tokenizer_text(registry)
 
         def body(run: StageRun) -> None:
             from alignlab.models import tiny_llama, train_bpe_tokenizer
@@ -77,7 +87,7 @@ class TinyBase:
         return run_stage(
             stage=self.name,
             name=cfg.output,
-            kind="model",
+            kind=self.output_kind(),
             config=cfg,
             registry=registry,
             inputs={},

@@ -25,9 +25,17 @@ from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, is_zero3, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.registry import Artifact, Registry
+from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, hf_training_args, log_history_metrics, run_policy_stage
+from alignlab.stages.runner import (
+    StageRun,
+    hf_training_args,
+    log_history_metrics,
+    policy_output_kind,
+    prepare_policy_stage,
+    run_policy_stage,
+)
 
 log = logging.getLogger("alignlab")
 
@@ -393,10 +401,17 @@ class DPO:
 
     name = "dpo"
     config_cls = DPOConfig
+    inputs = (Input("model", doc="the policy to align; it is also the frozen reference"),)
 
     def __init__(self, config: DPOConfig | dict | None = None) -> None:
         self.config = load_config(DPOConfig, config)
         check_distributed(self.config.distributed, self.config.adapter)
+
+    def output_kind(self) -> str:
+        return policy_output_kind(self.config.adapter)
+
+    def check(self, registry: Registry, *, model: Any = None) -> None:
+        prepare_policy_stage(self, registry, model, data_kind="preference")
 
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alignlab.config import load_config
 from alignlab.registry import Artifact, ExternalRef, Registry
 from alignlab.stages.base import save_base
+from alignlab.stages.contract import Input
 from alignlab.stages.groups import EvalGroup
 from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
 
@@ -61,6 +63,7 @@ class ImportModel:
 
     name = "import_model"
     config_cls = ImportModelConfig
+    inputs = (Input("model", doc="a GGUF file, a model folder, pkg:PACKAGE/FILE or a hub id"),)
 
     def __init__(self, config: ImportModelConfig | dict | None = None) -> None:
         self.config = load_config(ImportModelConfig, config)
@@ -68,14 +71,14 @@ class ImportModel:
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
     ) -> Artifact:
-        from alignlab.models.gguf import file_sha256
-
         cfg = self.config
         registry = registry or Registry()
-        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
+        inputs = resolve_inputs(registry, self, {"model": model})
         target = inputs["model"]
         data = {}
         if isinstance(target, ExternalRef) and target.is_local and Path(target.location).is_file():
+            from alignlab.models.gguf import file_sha256
+
             data["weights"] = WeightsFile(target.location, file_sha256(target.location))
 
         def body(run: StageRun) -> None:
@@ -90,7 +93,7 @@ class ImportModel:
         return run_stage(
             stage=self.name,
             name=cfg.output,
-            kind="model",
+            kind=self.output_kind(),
             config=cfg,
             registry=registry,
             inputs=inputs,
@@ -98,3 +101,9 @@ class ImportModel:
             force=force,
             body=body,
         )
+
+    def output_kind(self) -> str:
+        return "model"
+
+    def check(self, registry: Registry, *, model: Any = None) -> None:
+        resolve_inputs(registry, self, {"model": model})

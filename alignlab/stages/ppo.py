@@ -40,6 +40,7 @@ from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
 from alignlab.rl.normalization import RewardNormalization, score_moments_from_metrics
 from alignlab.rl.rollout import GenerationSettings, ScoreShaper
 from alignlab.rl.trainer import PPOSettings
+from alignlab.stages.contract import Input, Planned
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import (
     AdapterGroup,
@@ -49,7 +50,14 @@ from alignlab.stages.groups import (
     TrackingGroup,
     TrainGroup,
 )
-from alignlab.stages.runner import Resolved, StageRun, resolve_inputs, run_stage, stage_fingerprint
+from alignlab.stages.runner import (
+    Resolved,
+    StageRun,
+    policy_output_kind,
+    resolve_inputs,
+    run_stage,
+    stage_fingerprint,
+)
 
 log = logging.getLogger("alignlab")
 
@@ -212,6 +220,10 @@ class PPOConfig:
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
     distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
+    def __post_init__(self) -> None:
+        if self.adapter.method == AdapterMethod.PROMPT_TUNING:
+            raise ConfigError("adapter.method=prompt_tuning is not supported by PPO; use lora or full")
+
 
 class PPO:
     """Proximal policy optimisation of a policy against a reward model or a reward function.
@@ -229,6 +241,17 @@ class PPO:
 
     name = "ppo"
     config_cls = PPOConfig
+    inputs = (
+        Input("model", doc="the policy to start from (an SFT artifact)"),
+        Input("reward", kinds=("reward_model",), function=True, doc="scores each sampled response"),
+        Input(
+            "critic",
+            kinds=("reward_model", "model"),
+            required=False,
+            doc="a checkpoint to start the critic from",
+        ),
+        Input("reference", required=False, doc="the frozen reference policy (default: model)"),
+    )
 
     def __init__(
         self, config: PPOConfig | dict | None = None, *, callbacks: Sequence[StepCallback] = ()
@@ -258,21 +281,54 @@ class PPO:
             reference: the frozen reference policy (default: ``model``).
             force: train even when an artifact with the same fingerprint exists.
         """
-        from alignlab.data import load_records
-        from alignlab.models.adapters import publishes_adapter, quantization_kwargs
         from alignlab.rl.checkpoint import remove_checkpoints
 
         cfg = self.config
         registry = registry or Registry()
-        if cfg.adapter.method == AdapterMethod.PROMPT_TUNING:
-            raise ConfigError("adapter.method=prompt_tuning is not supported by PPO; use lora or full")
-        quantization_kwargs(cfg.adapter)
-        scored_by = resolve_reward(registry, reward)  # a reward-model input, or a function (a data source)
-        inputs = resolve_inputs(
-            registry, {"model": model, "critic": critic, "reference": reference}, required=("model",)
+        plan = self._prepare(registry, model=model, reward=reward, critic=critic, reference=reference)
+        key = run_key(cfg, plan.inputs, plan.data)
+        ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
+        artifact = run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind=self.output_kind(),
+            config=cfg,
+            registry=registry,
+            inputs=plan.inputs,
+            data=plan.data,
+            force=force,
+            body=lambda run: self._train(run, cfg, plan.reward.fn, key, ckpt_root),
         )
+        remove_checkpoints(ckpt_root)  # published: nothing left to resume
+        return artifact
+
+    def output_kind(self) -> str:
+        return policy_output_kind(self.config.adapter)
+
+    def check(
+        self,
+        registry: Registry,
+        *,
+        model: Any = None,
+        reward: Any = None,
+        critic: Any = None,
+        reference: Any = None,
+    ) -> None:
+        self._prepare(registry, model=model, reward=reward, critic=critic, reference=reference)
+
+    def _prepare(self, registry: Registry, **refs: Any) -> _Plan:
+        """Everything before training: QLoRA can run here, the inputs and their kinds, the reward,
+        the prompts (and PPO-ptx text), and the settings that depend on which inputs there are."""
+        from alignlab.data import load_records
+        from alignlab.models.adapters import quantization_kwargs
+
+        cfg = self.config
+        quantization_kwargs(cfg.adapter)
+        scored_by = resolve_reward(registry, refs.pop("reward"))  # a reward model, or a function (data)
+        inputs = resolve_inputs(registry, self, refs)
         if scored_by.target is not None:
             inputs["reward"] = scored_by.target
+        check_inputs(cfg, inputs)
         data: dict[str, Any] = {
             "prompts": load_records(
                 cfg.data.source,
@@ -287,22 +343,7 @@ class PPO:
             data["ptx"] = load_records(cfg.ptx.source, kind="text", registry=registry, limit=cfg.ptx.limit)
         if scored_by.source is not None:
             data["reward_fn"] = scored_by.source
-        key = run_key(cfg, inputs, data)
-        ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
-        kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
-        artifact = run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=kind,
-            config=cfg,
-            registry=registry,
-            inputs=inputs,
-            data=data,
-            force=force,
-            body=lambda run: self._train(run, cfg, scored_by.fn, key, ckpt_root),
-        )
-        remove_checkpoints(ckpt_root)  # published: nothing left to resume
-        return artifact
+        return _Plan(inputs, data, scored_by)
 
     def _train(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path) -> None:
         from alignlab.rl.trainer import release_accelerator
@@ -520,6 +561,48 @@ class PPOModels:
     critic_from: str  # the reference the critic was initialised from
 
 
+@dataclass
+class _Plan:
+    """What PPO has checked and loaded before it trains."""
+
+    inputs: dict[str, Any]
+    data: dict[str, Any]
+    reward: Any  # alignlab.rewards.RewardInput
+
+
+def check_inputs(cfg: PPOConfig, inputs: dict[str, Any]) -> None:
+    """The settings that depend on which inputs there are, checked before any work."""
+    critic_source_of(cfg, inputs)
+    if cfg.reward_normalization == RewardNormalization.REWARD_MODEL and not isinstance(
+        inputs.get("reward"), (Artifact, Planned)
+    ):
+        raise ConfigError(
+            "reward_normalization=reward_model needs a reward-model artifact (its metrics hold "
+            "score_mean/score_std); use 'running' with a reward function or an external model"
+        )
+
+
+def critic_source_of(cfg: PPOConfig, inputs: dict[str, Any]) -> Any:
+    """Where the critic starts: the ``critic`` input, else the reward model or the policy (``critic_init``)."""
+    reward_model = inputs.get("reward")
+    init = cfg.critic_init or (CriticInit.REWARD if reward_model is not None else CriticInit.POLICY)
+    if "critic" in inputs:
+        return inputs["critic"]
+    if init is CriticInit.REWARD:
+        if reward_model is None:
+            raise ConfigError(
+                "critic_init=reward needs a reward model; with a reward function use "
+                "critic_init: policy or pass critic=<checkpoint>"
+            )
+        return reward_model
+    if getattr(inputs["model"], "kind", None) == "adapter":
+        raise ConfigError(
+            "critic_init=policy needs a full model, but the policy is an adapter artifact; pass "
+            "critic=<checkpoint> or publish the SFT model merged (adapter.merge: true)"
+        )
+    return inputs["model"]
+
+
 def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any) -> PPOModels:
     """Load the policy, its reference, the critic and the scorer (the ``reward`` input, else ``reward_fn``).
 
@@ -553,24 +636,7 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
     else:
         scorer = load_scorer(reward_fn)
 
-    init = cfg.critic_init or (CriticInit.REWARD if reward_model is not None else CriticInit.POLICY)
-    if "critic" in run.inputs:
-        critic_source = run.inputs["critic"]
-    elif init is CriticInit.REWARD:
-        if reward_model is None:
-            raise ConfigError(
-                "critic_init=reward needs a reward model; with a reward function use "
-                "critic_init: policy or pass critic=<checkpoint>"
-            )
-        critic_source = reward_model
-    else:
-        critic_source = run.inputs["model"]
-        if getattr(critic_source, "kind", None) == "adapter":
-            raise ConfigError(
-                "critic_init=policy needs a full model, but the policy is an adapter "
-                "artifact; pass critic=<checkpoint> or publish the SFT model merged "
-                "(adapter.merge: true)"
-            )
+    critic_source = critic_source_of(cfg, run.inputs)
     critic, critic_tok = load_reward_model(critic_source, run.registry)
     if critic_tok.get_vocab() != tok.get_vocab():
         raise ConfigError(
@@ -583,12 +649,6 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
 
     moments = None
     if cfg.reward_normalization == RewardNormalization.REWARD_MODEL:
-        if not isinstance(reward_model, Artifact):
-            raise ConfigError(
-                "reward_normalization=reward_model needs a reward-model artifact (its "
-                "metrics hold score_mean/score_std); use 'running' with a reward function "
-                "or an external model"
-            )
         moments = score_moments_from_metrics(reward_model.metrics)
     shaper = ScoreShaper(cfg.reward_normalization, cfg.reward_clip, cfg.missing_eos_penalty, moments)
     return PPOModels(

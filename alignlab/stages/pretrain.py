@@ -16,9 +16,17 @@ from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError
 from alignlab.registry import Artifact, Registry
+from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, hf_training_args, log_history_metrics, resolve_inputs, run_stage
+from alignlab.stages.runner import (
+    StageRun,
+    hf_training_args,
+    log_history_metrics,
+    policy_output_kind,
+    resolve_inputs,
+    run_stage,
+)
 
 log = logging.getLogger("alignlab")
 
@@ -94,6 +102,8 @@ class PretrainConfig:
     distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
     def __post_init__(self) -> None:
+        if not self.data.sources:
+            raise ConfigError("data.sources is empty: give at least one text source")
         if self.adapter.method not in (AdapterMethod.FULL, AdapterMethod.LORA):
             raise ConfigError(
                 f"adapter.method={self.adapter.method}: pretraining supports full and lora "
@@ -154,6 +164,7 @@ class Pretrain:
 
     name = "pretrain"
     config_cls = PretrainConfig
+    inputs = (Input("model", doc="the model to continue pretraining"),)
 
     def __init__(self, config: PretrainConfig | dict | None = None) -> None:
         self.config = load_config(PretrainConfig, config)
@@ -162,20 +173,9 @@ class Pretrain:
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
     ) -> Artifact:
-        from alignlab.data import load_records
-        from alignlab.models.adapters import publishes_adapter
-
         cfg = self.config
         registry = registry or Registry()
-        if not cfg.data.sources:
-            raise ConfigError("data.sources is empty: give at least one text source")
-        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
-        data = {
-            f"source{i}": load_records(s.source, kind="text", registry=registry)
-            for i, s in enumerate(cfg.data.sources)
-        }
-        if cfg.vocab.train_source:
-            data["vocab"] = load_records(cfg.vocab.train_source, kind="text", registry=registry)
+        inputs, data = self._prepare(registry, model)
 
         def body(run: StageRun) -> None:
             self._train(run, cfg)
@@ -183,7 +183,7 @@ class Pretrain:
         return run_stage(
             stage=self.name,
             name=cfg.output,
-            kind="adapter" if publishes_adapter(cfg.adapter) else "model",
+            kind=self.output_kind(),
             config=cfg,
             registry=registry,
             inputs=inputs,
@@ -191,6 +191,26 @@ class Pretrain:
             force=force,
             body=body,
         )
+
+    def output_kind(self) -> str:
+        return policy_output_kind(self.config.adapter)
+
+    def check(self, registry: Registry, *, model: Any = None) -> None:
+        self._prepare(registry, model)
+
+    def _prepare(self, registry: Registry, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The input and every text source, read and validated."""
+        from alignlab.data import load_records
+
+        cfg = self.config
+        inputs = resolve_inputs(registry, self, {"model": model})
+        data = {
+            f"source{i}": load_records(s.source, kind="text", registry=registry)
+            for i, s in enumerate(cfg.data.sources)
+        }
+        if cfg.vocab.train_source:
+            data["vocab"] = load_records(cfg.vocab.train_source, kind="text", registry=registry)
+        return inputs, data
 
     def _train(self, run: StageRun, cfg: PretrainConfig) -> None:
         import random

@@ -22,9 +22,10 @@ from alignlab.distributed.runtime import check_distributed, is_main_process
 from alignlab.errors import ConfigError, DataError
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import RewardFn, RewardInput, Scorer, prompt_text, resolve_reward, score_chats  # noqa: F401 (re-exported)
+from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import AdapterGroup, EvalGroup, PromptSource, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
+from alignlab.stages.runner import StageRun, policy_output_kind, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
 
@@ -229,6 +230,10 @@ class RejectionSampling:
 
     name = "rejection_sampling"
     config_cls = RejectionSamplingConfig
+    inputs = (
+        Input("model", doc="the policy to sample from and fine-tune"),
+        Input("reward", kinds=("reward_model",), function=True, doc="scores the K samples of each prompt"),
+    )
 
     def __init__(self, config: RejectionSamplingConfig | dict | None = None) -> None:
         self.config = load_config(RejectionSamplingConfig, config)
@@ -243,13 +248,31 @@ class RejectionSampling:
         force: bool = False,
     ) -> Artifact:
         """Run ``config.rounds`` rounds from the policy ``model``; returns the last policy artifact."""
+        cfg = self.config
+        registry = registry or Registry()
+        inputs, reward_in, prompts = self._prepare(registry, model, reward)
+        policy = inputs["model"]
+        for round_ in range(1, cfg.rounds + 1):
+            samples = self._sampling_round(registry, policy, reward_in, prompts, round_, force)
+            policy = self._training_round(registry, policy, reward_in, prompts, samples, force)
+        return policy
+
+    def output_kind(self) -> str:
+        return policy_output_kind(self.config.adapter)
+
+    def check(self, registry: Registry, *, model: Any = None, reward: Any = None) -> None:
+        self._prepare(registry, model, reward)
+
+    def _prepare(
+        self, registry: Registry, model: Any, reward: Any
+    ) -> tuple[dict[str, Any], RewardInput, Any]:
+        """Everything before sampling: QLoRA can run here, the policy, the reward, the prompts."""
         from alignlab.data import load_records
         from alignlab.models.adapters import quantization_kwargs
 
         cfg = self.config
-        registry = registry or Registry()
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
-        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
+        inputs = resolve_inputs(registry, self, {"model": model})
         reward_in = resolve_reward(registry, reward)
         prompts = load_records(
             cfg.data.source,
@@ -259,11 +282,7 @@ class RejectionSampling:
             strict=cfg.data.strict,
             limit=cfg.data.limit,
         )
-        policy = inputs["model"]
-        for round_ in range(1, cfg.rounds + 1):
-            samples = self._sampling_round(registry, policy, reward_in, prompts, round_, force)
-            policy = self._training_round(registry, policy, reward_in, prompts, samples, force)
-        return policy
+        return inputs, reward_in, prompts
 
     def _sources(self, reward: RewardInput, prompts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Reward inputs (an artifact: a parent) and data sources (a function: fingerprinted by code)."""
@@ -367,7 +386,6 @@ class RejectionSampling:
         force: bool,
     ) -> Artifact:
         from alignlab.data import load_records
-        from alignlab.models.adapters import publishes_adapter
 
         cfg = self.config
         selected = load_records(samples.id, kind="sft", registry=registry)  # .artifact: a parent
@@ -389,11 +407,10 @@ class RejectionSampling:
             save_model(trained, tok, run.dir)
             run.metrics.update(metrics)
 
-        kind = "adapter" if publishes_adapter(cfg.adapter) else "model"
         return run_stage(
             stage=self.name,
             name=cfg.output,
-            kind=kind,
+            kind=self.output_kind(),
             config=cfg,
             registry=registry,
             inputs={"model": policy, **reward_inputs},

@@ -21,6 +21,7 @@ from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, main_process_model
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.registry import Artifact, Registry
+from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
@@ -105,6 +106,30 @@ class RewardModelConfig:
     tracking: TrackingGroup = field(default_factory=TrackingGroup)
     distributed: DistributedGroup = field(default_factory=DistributedGroup)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.data.eval_share < 1.0:
+            raise ConfigError(f"data.eval_share must be in [0, 1), got {self.data.eval_share}")
+        if self.adapter.method == AdapterMethod.PROMPT_TUNING:
+            raise ConfigError("adapter.method=prompt_tuning is only supported for causal LM stages")
+        if self.adapter.method != AdapterMethod.FULL and not self.adapter.merge:
+            raise ConfigError(
+                "adapter.merge=false: a reward model is published merged, so that it loads with "
+                "AutoModelForSequenceClassification; keep adapter.merge=true"
+            )
+        data_source(self.data)  # data.source and data.rankings agree with data.kind
+
+
+@dataclass
+class _Plan:
+    """What RewardModel has checked and loaded before it trains."""
+
+    registry: Registry
+    inputs: dict[str, Resolved]
+    records: Any
+    rankings: list[Ranking]
+    dropped: dict[str, int]
+    source: str
+
 
 def data_source(data: RewardData) -> str:
     """The source to read for ``data.kind``; setting the other kind's field is a mistake, not ignored."""
@@ -130,6 +155,7 @@ class RewardModel:
 
     name = "reward_model"
     config_cls = RewardModelConfig
+    inputs = (Input("model", doc="the causal LM whose transformer the reward model starts from"),)
 
     def __init__(self, config: RewardModelConfig | dict | None = None) -> None:
         self.config = load_config(RewardModelConfig, config)
@@ -138,23 +164,37 @@ class RewardModel:
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
     ) -> Artifact:
+        plan = self._prepare(registry, model)
+        cfg = self.config
+        return run_stage(
+            stage=self.name,
+            name=cfg.output,
+            kind=self.output_kind(),
+            config=cfg,
+            registry=plan.registry,
+            inputs=plan.inputs,
+            data={"train": plan.records},
+            force=force,
+            body=lambda run: self._train(run, cfg, plan.rankings, plan.dropped, uses_testbed(plan.source)),
+        )
+
+    def output_kind(self) -> str:
+        return "reward_model"
+
+    def check(self, registry: Registry, *, model: Any = None) -> None:
+        self._prepare(registry, model)
+
+    def _prepare(self, registry: Registry | None, model: Any) -> _Plan:
+        """Everything before training: QLoRA can run here, the input, the rankings."""
         from alignlab.data import load_records
-        from alignlab.models.adapters import peft_config, quantization_kwargs
+        from alignlab.models.adapters import quantization_kwargs
         from alignlab.stages.reward_data import rankings_from_records
 
         cfg = self.config
         registry = registry or Registry()
-        if not 0.0 <= cfg.data.eval_share < 1.0:
-            raise ConfigError(f"data.eval_share must be in [0, 1), got {cfg.data.eval_share}")
-        if cfg.adapter.method != AdapterMethod.FULL and not cfg.adapter.merge:
-            raise ConfigError(
-                "adapter.merge=false: a reward model is published merged, so that it loads with "
-                "AutoModelForSequenceClassification; keep adapter.merge=true"
-            )
-        peft_config(cfg.adapter, task_type="SEQ_CLS")  # refuses prompt tuning here, before any work
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         source = data_source(cfg.data)
-        inputs = resolve_inputs(registry, {"model": model}, required=("model",))
+        inputs = resolve_inputs(registry, self, {"model": model})
         records = load_records(
             source,
             kind=cfg.data.kind,
@@ -169,17 +209,7 @@ class RewardModel:
         dropped = dict(records.report.dropped)
         if duplicates:
             dropped[DROPPED_DUPLICATES] = duplicates
-        return run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind="reward_model",
-            config=cfg,
-            registry=registry,
-            inputs=inputs,
-            data={"train": records},
-            force=force,
-            body=lambda run: self._train(run, cfg, rankings, dropped, uses_testbed(source)),
-        )
+        return _Plan(registry, inputs, records, rankings, dropped, source)
 
     def _train(
         self,

@@ -50,25 +50,40 @@ class StageRun:
         return self.out.metrics
 
 
-def resolve_inputs(
-    registry: Registry, refs: Mapping[str, str | Artifact | None], required: tuple[str, ...] = ()
-) -> dict[str, Resolved]:
-    """Resolve each named input reference (every input of a stage is a model); a required one that
-    is missing is a ConfigError, a local path that holds no model a ReferenceNotFound."""
+def resolve_inputs(registry: Registry, stage: Any, refs: Mapping[str, Any]) -> dict[str, Resolved]:
+    """Resolve a stage's input references (``stage.inputs`` says which roles it takes and of what kind;
+    a role that also takes a reward function is :func:`alignlab.rewards.resolve_reward`'s).
+
+    A :class:`~alignlab.stages.contract.Planned` input (a dry run's stand-in for an earlier recipe
+    entry) is kept as it is, its kind checked.
+
+    Raises:
+        ConfigError: a required input missing, or an artifact of a kind the role does not take.
+        ReferenceNotFound: a reference that resolves to nothing, or a local path holding no model.
+    """
     from alignlab.models.loading import check_local_model
+    from alignlab.stages.contract import Planned, check_kind
 
     resolved: dict[str, Resolved] = {}
-    for role in required:
-        if not refs.get(role):
-            raise ConfigError(f"input '{role}' is required: pass {role}=REFERENCE (e.g. {role}=sft)")
-    for role, ref in refs.items():
-        if ref:
-            resolved[role] = registry.resolve(ref)
-            if isinstance(resolved[role], ExternalRef) and resolved[role].is_local:
-                try:
-                    check_local_model(resolved[role])
-                except (ReferenceNotFound, ConfigError) as err:
-                    raise type(err)(f"input '{role}': {err}") from None
+    for spec in stage.inputs:
+        if spec.function:  # a reward model or function: alignlab.rewards.resolve_reward
+            continue
+        ref = refs.get(spec.role)
+        if ref is None or (isinstance(ref, str) and not ref.strip()):
+            if spec.required:
+                raise ConfigError(
+                    f"{stage.name}: input '{spec.role}' is required: pass {spec.role}=REFERENCE "
+                    f"(e.g. {spec.role}=sft)"
+                )
+            continue
+        target = ref if isinstance(ref, Planned) else registry.resolve(ref)
+        if isinstance(target, ExternalRef) and target.is_local:
+            try:
+                check_local_model(target)
+            except (ReferenceNotFound, ConfigError) as err:
+                raise type(err)(f"input '{spec.role}': {err}") from None
+        check_kind(stage.name, spec, target)
+        resolved[spec.role] = target
     return resolved
 
 
@@ -82,6 +97,36 @@ def data_entry(role: str, records: Any) -> dict[str, Any]:
     }
 
 
+@dataclass
+class PolicyPlan:
+    """What a policy stage (SFT, DPO) has checked and loaded before it trains."""
+
+    registry: Registry
+    inputs: dict[str, Resolved]
+    records: Any
+
+
+def prepare_policy_stage(stage: Any, registry: Registry | None, model: Any, *, data_kind: str) -> PolicyPlan:
+    """Everything before a policy stage trains: QLoRA can run here, the input resolves to a model,
+    and ``stage.config.data`` reads as records of ``data_kind``."""
+    from alignlab.data import load_records
+    from alignlab.models.adapters import quantization_kwargs
+
+    cfg = stage.config
+    registry = registry or Registry()
+    quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
+    inputs = resolve_inputs(registry, stage, {"model": model})
+    records = load_records(
+        cfg.data.source,
+        kind=data_kind,
+        registry=registry,
+        format=cfg.data.format,
+        strict=cfg.data.strict,
+        limit=cfg.data.limit,
+    )
+    return PolicyPlan(registry, inputs, records)
+
+
 def run_policy_stage(
     stage: Any,
     registry: Registry | None,
@@ -93,36 +138,30 @@ def run_policy_stage(
 ) -> Artifact:
     """Run a stage that fine-tunes one policy (``model``) on one data set (SFT, DPO).
 
-    Checks that QLoRA can run here, resolves the input, loads ``stage.config.data`` as records of
-    ``data_kind`` (they become ``run.data["train"]``), and publishes a model, or an adapter when
-    ``stage.config.adapter`` keeps one; ``body(run, config)`` trains and saves into ``run.dir``.
+    :func:`prepare_policy_stage` checks and loads (its records become ``run.data["train"]``), then
+    the stage publishes a model, or an adapter when ``stage.config.adapter`` keeps one;
+    ``body(run, config)`` trains and saves into ``run.dir``.
     """
-    from alignlab.data import load_records
-    from alignlab.models.adapters import publishes_adapter, quantization_kwargs
-
+    plan = prepare_policy_stage(stage, registry, model, data_kind=data_kind)
     cfg = stage.config
-    registry = registry or Registry()
-    quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
-    inputs = resolve_inputs(registry, {"model": model}, required=("model",))
-    records = load_records(
-        cfg.data.source,
-        kind=data_kind,
-        registry=registry,
-        format=cfg.data.format,
-        strict=cfg.data.strict,
-        limit=cfg.data.limit,
-    )
     return run_stage(
         stage=stage.name,
         name=cfg.output,
-        kind="adapter" if publishes_adapter(cfg.adapter) else "model",
+        kind=stage.output_kind(),
         config=cfg,
-        registry=registry,
-        inputs=inputs,
-        data={"train": records},
+        registry=plan.registry,
+        inputs=plan.inputs,
+        data={"train": plan.records},
         force=force,
         body=lambda run: body(run, cfg),
     )
+
+
+def policy_output_kind(adapter: Any) -> str:
+    """``adapter`` when the stage keeps its adapter unmerged (or prompt-tunes), else ``model``."""
+    from alignlab.models.adapters import publishes_adapter
+
+    return "adapter" if publishes_adapter(adapter) else "model"
 
 
 def stage_fingerprint(

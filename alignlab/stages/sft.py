@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from alignlab.config import load_config
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed
 from alignlab.registry import Artifact, Registry
+from alignlab.stages.contract import Input
 from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, run_policy_stage
+from alignlab.stages.runner import StageRun, policy_output_kind, prepare_policy_stage, run_policy_stage
 
 log = logging.getLogger("alignlab")
 
@@ -79,10 +80,17 @@ class SFT:
 
     name = "sft"
     config_cls = SFTConfig
+    inputs = (Input("model", doc="the policy to fine-tune"),)
 
     def __init__(self, config: SFTConfig | dict | None = None) -> None:
         self.config = load_config(SFTConfig, config)
         check_distributed(self.config.distributed, self.config.adapter)
+
+    def output_kind(self) -> str:
+        return policy_output_kind(self.config.adapter)
+
+    def check(self, registry: Registry, *, model: Any = None) -> None:
+        prepare_policy_stage(self, registry, model, data_kind="sft")
 
     def run(
         self, registry: Registry | None = None, *, model: str | None = None, force: bool = False
