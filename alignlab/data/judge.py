@@ -107,7 +107,7 @@ class RubricJudge:
 
     Args:
         model: a causal LM (anything returning ``.logits`` of shape (B, T, V)); read with
-            ``alignlab.eval.multiple_choice.option_logprobs``.
+            ``alignlab.models.scoring.option_logprobs``.
         tokenizer: its tokenizer; prompts go through its chat template when it has one.
         criteria: rubric criteria.
         batch_size: prompts per forward pass.
@@ -141,7 +141,7 @@ class RubricJudge:
         """The expected digit (1-5) under the judge's next-token distribution, one per prompt."""
         import torch
 
-        from alignlab.eval.multiple_choice import option_logprobs
+        from alignlab.models.scoring import option_logprobs
 
         if not prompts:
             return []

@@ -7,19 +7,10 @@ dropped records by reason while a strict load raises the very same error.
 
 from __future__ import annotations
 
-import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from alignlab.errors import DataError
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - the project venv is 3.11; kept so that 3.10 imports work
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
 
 
 class DropReason(StrEnum):

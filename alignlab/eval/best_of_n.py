@@ -23,8 +23,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from math import comb
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from alignlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alignlab.rewards import Scorer
 
 
 def curve_sizes(k: int) -> list[int]:
@@ -96,3 +100,57 @@ def plot_best_of_n(
     path = Path(path)
     fig.savefig(path, format="png")
     return path
+
+
+def sample_and_score(
+    model: Any,
+    tokenizer: Any,
+    scorer: Scorer,
+    prompts: Sequence[Any],
+    *,
+    k: int,
+    temperature: float,
+    top_p: float = 1.0,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    desc: str = "sampling",
+) -> tuple[list[list[str]], list[list[float]]]:
+    """Sample ``k`` responses per prompt and score them (rejection sampling, best-of-N curves).
+
+    Each prompt is repeated ``k`` times in a generation batch, so a batch holds
+    ``max(1, batch_size // k)`` prompts.
+
+    Returns:
+        ``(samples, rewards)``, both (P, K): ``samples[p][j]`` is response j to prompt p.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from alignlab.models import generate
+    from alignlab.rewards import score_chats
+
+    per_batch = max(1, batch_size // k)
+    torch.manual_seed(seed)
+    samples: list[list[str]] = []
+    rewards: list[list[float]] = []
+    bar = tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch")
+    for start in bar:
+        chunk = prompts[start : start + per_batch]
+        repeated = [p for p in chunk for _ in range(k)]  # (B * K,): prompt p at rows p*K .. p*K+K-1
+        responses = generate(
+            model,
+            tokenizer,
+            repeated,
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=len(repeated),
+        )
+        scores = score_chats(scorer, repeated, responses)
+        for i in range(len(chunk)):
+            samples.append(responses[i * k : (i + 1) * k])
+            rewards.append(scores[i * k : (i + 1) * k])
+        bar.set_postfix(best=f"{sum(max(r) for r in rewards) / len(rewards):.3f}")
+    return samples, rewards

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from alignlab.errors import ConfigError
-from alignlab.eval.multiple_choice import option_logprobs
+from alignlab.models.scoring import option_logprobs
 
 if TYPE_CHECKING:
     from alignlab.registry import Registry

@@ -291,10 +291,9 @@ def best_of_n_eval(
         limit: use only the first N prompts.
     """
     from alignlab.data import load_records
-    from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes
+    from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes, sample_and_score
     from alignlab.models import load_causal_lm
     from alignlab.rewards import load_scorer, prompt_text
-    from alignlab.stages.rejection import SamplingGroup, sample_and_score
 
     sizes = curve_sizes(n)
     chats = [
@@ -302,11 +301,17 @@ def best_of_n_eval(
     ]
     scorer = load_scorer(reward, registry)
     model, tokenizer = load_causal_lm(policy, registry)
-    sampling = SamplingGroup(
-        k=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
-    )
     samples, rewards = sample_and_score(
-        model, tokenizer, scorer, chats, sampling, seed=seed, desc=f"best of {n}"
+        model,
+        tokenizer,
+        scorer,
+        chats,
+        k=n,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        desc=f"best of {n}",
     )
     gold_curve = None
     if gold if gold is not None else prompts.startswith("testbed:"):

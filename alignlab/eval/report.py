@@ -26,7 +26,7 @@ import math
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def write_report(registry: Registry, ref: str | Artifact, out_dir: str | Path | 
     sections = [_section(registry, art, out) for art in seen.values()]
     page = PAGE.substitute(
         title=_e(f"{target.ref} ({target.stage})"),
-        generated=_e(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        generated=_e(datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         version=_e(alignlab_version()),
         registry=_e(str(registry.root)),
         lineage=_lineage_html(entries),

@@ -1,12 +1,44 @@
-"""peft adapters (LoRA, QLoRA, prompt tuning) from an AdapterGroup, shared by every stage."""
+"""peft adapters (LoRA, QLoRA, prompt tuning): the ``adapter`` config group every stage shares, and
+the peft configs, quantisation and merging made from it."""
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from alignlab.errors import ConfigError
-from alignlab.stages.groups import AdapterGroup, AdapterMethod
+
+
+class AdapterMethod(StrEnum):
+    """How the weights are adapted: all of them, or a small set of new ones (peft)."""
+
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"  # 4-bit NF4 base + LoRA; needs CUDA and bitsandbytes
+    PROMPT_TUNING = "prompt_tuning"  # trains only `num_virtual_tokens` soft prompt vectors
+
+
+@dataclass
+class AdapterGroup:
+    """Parameter-efficient fine-tuning (peft).
+
+    Attributes:
+        method: full | lora | qlora | prompt_tuning.
+        r: LoRA rank. alpha: LoRA scaling numerator. dropout: LoRA dropout.
+        target_modules: module names to adapt ("all-linear" = every linear layer but the head).
+        num_virtual_tokens: soft prompt length for prompt tuning.
+        merge: publish a merged full model (True) or an adapter artifact whose parent is its base.
+    """
+
+    method: AdapterMethod = AdapterMethod.FULL
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    num_virtual_tokens: int = 8
+    merge: bool = True
 
 
 def check_qlora_available() -> None:

@@ -12,8 +12,7 @@ Example:
 
 from __future__ import annotations
 
-import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 import torch
@@ -21,15 +20,6 @@ from torch import Tensor
 
 from alignlab.errors import ConfigError, did_you_mean
 from alignlab.rl.kl import KLEstimator
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - the project venv is 3.11; kept so that 3.10 imports work
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
-
 
 WHITEN_EPS = 1e-8
 

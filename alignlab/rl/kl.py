@@ -15,23 +15,14 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from alignlab.errors import ConfigError, TrainingError, did_you_mean
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - the project venv is 3.11; kept so that 3.10 imports work
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
 
 
 def _k1(log_ratio: Tensor) -> Tensor:

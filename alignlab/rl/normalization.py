@@ -14,24 +14,14 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from alignlab.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - the project venv is 3.11; kept so that 3.10 imports work
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
-
 
 STD_EPS = 1e-8
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from alignlab.errors import TrainingError
-from alignlab.models.accelerator import fresh_accelerator, release_accelerator  # noqa: F401
+from alignlab.models.accelerator import fresh_accelerator
 from alignlab.rl.advantages import get_advantage_estimator, masked_mean, masked_whiten, per_token_rewards
 from alignlab.rl.kl import KLEstimator
 from alignlab.rl.losses import (

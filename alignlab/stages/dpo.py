@@ -24,10 +24,11 @@ from alignlab.config import load_config, run_control_group
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, is_zero3, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError, TrainingError
+from alignlab.models.adapters import AdapterGroup
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
-from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import (
     StageRun,
     hf_training_args,

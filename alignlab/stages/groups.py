@@ -5,7 +5,7 @@ Each field is documented once, here; stage configs nest these groups.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from alignlab.config import run_control, run_control_group
@@ -17,15 +17,6 @@ class ReportTo(StrEnum):
     NONE = "none"
     WANDB = "wandb"  # offline unless the user logged in and set WANDB_MODE=online
     TENSORBOARD = "tensorboard"
-
-
-class AdapterMethod(StrEnum):
-    """How the weights are adapted: all of them, or a small set of new ones (peft)."""
-
-    FULL = "full"
-    LORA = "lora"
-    QLORA = "qlora"  # 4-bit NF4 base + LoRA; needs CUDA and bitsandbytes
-    PROMPT_TUNING = "prompt_tuning"  # trains only `num_virtual_tokens` soft prompt vectors
 
 
 @dataclass
@@ -57,27 +48,6 @@ class TrainGroup:
     max_grad_norm: float = 1.0
     seed: int = 0
     logging_steps: int = run_control(default=10)
-
-
-@dataclass
-class AdapterGroup:
-    """Parameter-efficient fine-tuning (peft).
-
-    Attributes:
-        method: full | lora | qlora | prompt_tuning.
-        r: LoRA rank. alpha: LoRA scaling numerator. dropout: LoRA dropout.
-        target_modules: module names to adapt ("all-linear" = every linear layer but the head).
-        num_virtual_tokens: soft prompt length for prompt tuning.
-        merge: publish a merged full model (True) or an adapter artifact whose parent is its base.
-    """
-
-    method: AdapterMethod = AdapterMethod.FULL
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    num_virtual_tokens: int = 8
-    merge: bool = True
 
 
 @dataclass

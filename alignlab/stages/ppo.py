@@ -34,6 +34,7 @@ from alignlab.config import load_config, run_control
 from alignlab.distributed import runtime as dist
 from alignlab.distributed.config import DistributedGroup
 from alignlab.errors import ConfigError, TrainingError
+from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import resolve_reward
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
@@ -42,14 +43,7 @@ from alignlab.rl.rollout import GenerationSettings, ScoreShaper
 from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.contract import Input, Planned
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
-from alignlab.stages.groups import (
-    AdapterGroup,
-    AdapterMethod,
-    EvalGroup,
-    PromptSource,
-    TrackingGroup,
-    TrainGroup,
-)
+from alignlab.stages.groups import EvalGroup, PromptSource, TrackingGroup, TrainGroup
 from alignlab.stages.runner import (
     Resolved,
     StageRun,
@@ -346,7 +340,7 @@ class PPO:
         return _Plan(inputs, data, scored_by)
 
     def _train(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path) -> None:
-        from alignlab.rl.trainer import release_accelerator
+        from alignlab.models.accelerator import release_accelerator
 
         accelerator = dist.make_accelerator(
             cfg.distributed,

@@ -15,10 +15,11 @@ from alignlab.config import load_config
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError
+from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
-from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import (
     StageRun,
     hf_training_args,

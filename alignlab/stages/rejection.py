@@ -20,11 +20,12 @@ from alignlab.config import load_config
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, is_main_process
 from alignlab.errors import ConfigError, DataError
+from alignlab.models.adapters import AdapterGroup
 from alignlab.registry import Artifact, Registry
-from alignlab.rewards import RewardFn, RewardInput, Scorer, prompt_text, resolve_reward, score_chats  # noqa: F401 (re-exported)
+from alignlab.rewards import RewardFn, RewardInput, prompt_text, resolve_reward
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
-from alignlab.stages.groups import AdapterGroup, EvalGroup, PromptSource, TrackingGroup, TrainGroup
+from alignlab.stages.groups import EvalGroup, PromptSource, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, policy_output_kind, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
@@ -130,53 +131,6 @@ class SamplingStep:
 
 
 # ---- sampling and selection ---------------------------------------------------------------------
-
-
-def sample_and_score(
-    model: Any,
-    tokenizer: Any,
-    scorer: Scorer,
-    prompts: Sequence[Messages],
-    sampling: SamplingGroup,
-    *,
-    seed: int,
-    desc: str = "sampling",
-) -> tuple[list[list[str]], list[list[float]]]:
-    """Sample ``sampling.k`` responses per prompt and score them.
-
-    Returns:
-        ``(samples, rewards)``, both (P, K): ``samples[p][j]`` is response j to prompt p.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from alignlab.models import generate
-
-    k = sampling.k
-    per_batch = max(1, sampling.batch_size // k)
-    torch.manual_seed(seed)
-    samples: list[list[str]] = []
-    rewards: list[list[float]] = []
-    bar = tqdm(range(0, len(prompts), per_batch), desc=desc, unit="batch")
-    for start in bar:
-        chunk = prompts[start : start + per_batch]
-        repeated = [p for p in chunk for _ in range(k)]  # (B * K,): prompt p at rows p*K .. p*K+K-1
-        responses = generate(
-            model,
-            tokenizer,
-            repeated,
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            batch_size=len(repeated),
-        )
-        scores = score_chats(scorer, repeated, responses)
-        for i in range(len(chunk)):
-            samples.append(responses[i * k : (i + 1) * k])
-            rewards.append(scores[i * k : (i + 1) * k])
-        bar.set_postfix(best=f"{sum(max(r) for r in rewards) / len(rewards):.3f}")
-    return samples, rewards
 
 
 def select_best(
@@ -305,7 +259,7 @@ class RejectionSampling:
         def body(run: StageRun) -> None:
             from alignlab.data import write_records
             from alignlab.data.sources import ARTIFACT_DATA_FILE
-            from alignlab.eval.best_of_n import best_of_n_curve, plot_best_of_n
+            from alignlab.eval.best_of_n import best_of_n_curve, plot_best_of_n, sample_and_score
             from alignlab.models import load_causal_lm
             from alignlab.models.adapters import quantization_kwargs
 
@@ -313,13 +267,18 @@ class RejectionSampling:
                 return
             model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
             chats = [r["prompt"] for r in run.data["prompts"].records]
+            sampling = cfg.sampling
             samples, rewards = sample_and_score(
                 _on_accelerator(model),
                 tok,
                 reward.scorer(run.registry),
                 chats,
-                cfg.sampling,
-                seed=cfg.sampling.seed + round_ - 1,
+                k=sampling.k,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_new_tokens=sampling.max_new_tokens,
+                batch_size=sampling.batch_size,
+                seed=sampling.seed + round_ - 1,
                 desc=f"rejection sampling, round {round_}: best of {cfg.sampling.k}",
             )
             selected = select_best(chats, samples, rewards, cfg.sampling.threshold)

@@ -20,10 +20,11 @@ from alignlab.data.validation import DropReason
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, main_process_model
 from alignlab.errors import ConfigError, TrainingError
+from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
-from alignlab.stages.groups import AdapterGroup, AdapterMethod, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
 from alignlab.stages.runner import Resolved, StageRun, log_history_metrics, resolve_inputs, run_stage
 

@@ -13,9 +13,10 @@ from typing import Any, Literal
 from alignlab.config import load_config
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed
+from alignlab.models.adapters import AdapterGroup
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
-from alignlab.stages.groups import AdapterGroup, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, policy_output_kind, prepare_policy_stage, run_policy_stage
 
 log = logging.getLogger("alignlab")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from alignlab.stages.groups import AdapterGroup, TrackingGroup, TrainGroup
+from alignlab.models.adapters import AdapterGroup
+from alignlab.stages.groups import TrackingGroup, TrainGroup
 from alignlab.stages.runner import hf_training_args, log_history_metrics
 
 if TYPE_CHECKING:

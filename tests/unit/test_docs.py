@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from alignlab.docs_check import broken_links, field_docs, undocumented
+from alignlab.models.adapters import AdapterGroup
 from alignlab.stages import STAGES
-from alignlab.stages.groups import AdapterGroup
 
 ROOT = Path(__file__).resolve().parents[2]
 

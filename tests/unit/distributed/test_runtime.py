@@ -8,7 +8,7 @@ import torch
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, plain_copy, trainable_parameters
 from alignlab.errors import ConfigError
-from alignlab.stages.groups import AdapterGroup
+from alignlab.models.adapters import AdapterGroup
 
 ZERO3 = DistributedGroup(zero_stage=3)
 

@@ -326,7 +326,7 @@ def test_ptx_term_and_entropy_bonus_join_the_loss(tiny) -> None:
 def test_fresh_accelerator_does_not_inherit_an_earlier_stage_precision() -> None:
     from accelerate import Accelerator
 
-    from alignlab.rl.trainer import fresh_accelerator, release_accelerator
+    from alignlab.models.accelerator import fresh_accelerator, release_accelerator
 
     release_accelerator()  # whatever the tests before left
     Accelerator(mixed_precision="bf16", cpu=True)  # what a TRL trainer leaves behind (bf16 by default)
