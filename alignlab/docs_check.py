@@ -20,11 +20,20 @@ _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field descriptions from the ``Attributes:`` section of a dataclass docstring.
+    """Field descriptions from the ``Attributes:`` sections of a dataclass's docstring and of its
+    dataclass bases' (a subclass documents only the fields it adds or changes).
 
     A line may document several fields separated by '.' (``r: LoRA rank. alpha: scaling.``).
     """
-    doc = cls.__doc__ or ""
+    out: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base) and base is not object:
+            out.update(_own_field_docs(base))
+    return out
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    doc = cls.__dict__.get("__doc__") or ""
     if "Attributes:" not in doc:
         return {}
     section = doc.split("Attributes:", 1)[1]

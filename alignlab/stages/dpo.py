@@ -28,7 +28,7 @@ from alignlab.models.adapters import AdapterGroup
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
-from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import ChatData, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import (
     StageRun,
     hf_training_args,
@@ -152,26 +152,6 @@ _LOSSES: dict[DPOLossType, _LossSpec] = {
 assert set(_LOSSES) == set(DPOLossType), "every DPOLossType needs exactly one _LossSpec"
 
 
-@dataclass
-class DPOData:
-    """Preference pairs.
-
-    Attributes:
-        source: a file of pairs (prompt/chosen/rejected, HH-RLHF, rankings; json, jsonl, parquet, csv),
-            `testbed:preferences[?n=...&label_noise=...]`, a dataset artifact reference or a hub name.
-        format: "auto" to detect from the keys, or a format name to force.
-        strict: fail on the first bad record (True) or drop bad records and report them (False).
-        max_length: longest tokenized prompt + response; longer ones are truncated from the end.
-        limit: use only the first N pairs.
-    """
-
-    source: str = "testbed:preferences"
-    format: str = "auto"
-    strict: bool = True
-    max_length: int = 256
-    limit: int | None = None
-
-
 @run_control_group
 @dataclass
 class KLEval:
@@ -218,7 +198,7 @@ class DPOConfig:
     """
 
     output: str = "dpo"
-    data: DPOData = field(default_factory=DPOData)
+    data: ChatData = field(default_factory=lambda: ChatData(source="testbed:preferences"))
     train: TrainGroup = field(
         default_factory=lambda: TrainGroup(epochs=1.0, lr=1e-4, batch_size=16, logging_steps=5)
     )

@@ -51,21 +51,37 @@ class TrainGroup:
 
 
 @dataclass
-class PromptSource:
-    """Where a stage's prompts come from (the fields PPO and RejectionSampling share).
+class DataSource:
+    """Where a stage's records come from: the fields every stage's ``data`` group shares.
 
     Attributes:
-        source: ``testbed:prompts``, a prompt file (json, jsonl, parquet, csv), a dataset
-            artifact reference or a hub dataset name.
+        source: a file (json, jsonl, parquet, csv; formats: docs/data.md), a ``testbed:<name>``
+            source, a dataset artifact reference or a hub dataset name.
         format: "auto" to detect from the keys, or a format name to force.
         strict: fail on the first bad record (True) or drop bad records and report them (False).
-        limit: use only the first N prompts.
+        limit: use only the first N records.
     """
 
     source: str = "testbed:prompts"
     format: str = "auto"
     strict: bool = True
     limit: int | None = None
+
+
+@dataclass
+class ChatData(DataSource):
+    """Conversations to fine-tune on: demonstrations (SFT) or preference pairs (DPO).
+
+    Attributes:
+        source: demonstrations (messages / Alpaca / ShareGPT / prompt-completion) for SFT,
+            pairs (prompt/chosen/rejected, HH-RLHF, rankings) for DPO: a file, ``testbed:sft`` /
+            ``testbed:preferences[?n=...]``, a dataset artifact reference or a hub dataset name.
+        max_length: longest tokenized example (prompt and response); longer ones are truncated
+            from the end.
+    """
+
+    source: str = "testbed:sft"
+    max_length: int = 256
 
 
 @run_control_group

@@ -43,10 +43,11 @@ from alignlab.rl.rollout import GenerationSettings, ScoreShaper
 from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.contract import Input, Planned
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
-from alignlab.stages.groups import EvalGroup, PromptSource, TrackingGroup, TrainGroup
+from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import (
     Resolved,
     StageRun,
+    load_data,
     policy_output_kind,
     resolve_inputs,
     run_stage,
@@ -59,14 +60,10 @@ StepCallback = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass
-class PPOData(PromptSource):
-    """Prompts.
+class PPOData(DataSource):
+    """Prompts (``source``: ``testbed:prompts``, a prompt file, a dataset artifact or a hub name).
 
     Attributes:
-        source: a prompt file (json, jsonl, parquet, csv), ``testbed:prompts``, a dataset
-            artifact reference or a hub dataset name.
-        format: "auto" or a format name to force. strict: fail on a bad record (else drop it).
-        limit: use only the first N prompts.
         max_prompt_length: prompts longer than this (in tokens, chat template included) are dropped.
     """
 
@@ -323,16 +320,7 @@ class PPO:
         if scored_by.target is not None:
             inputs["reward"] = scored_by.target
         check_inputs(cfg, inputs)
-        data: dict[str, Any] = {
-            "prompts": load_records(
-                cfg.data.source,
-                kind="prompt",
-                registry=registry,
-                format=cfg.data.format,
-                strict=cfg.data.strict,
-                limit=cfg.data.limit,
-            )
-        }
+        data: dict[str, Any] = {"prompts": load_data(cfg.data, "prompt", registry)}
         if cfg.ptx.source:
             data["ptx"] = load_records(cfg.ptx.source, kind="text", registry=registry, limit=cfg.ptx.limit)
         if scored_by.source is not None:

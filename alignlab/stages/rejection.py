@@ -25,8 +25,8 @@ from alignlab.registry import Artifact, Registry
 from alignlab.rewards import RewardFn, RewardInput, prompt_text, resolve_reward
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
-from alignlab.stages.groups import EvalGroup, PromptSource, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, policy_output_kind, resolve_inputs, run_stage
+from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.runner import StageRun, load_data, policy_output_kind, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
 
@@ -36,15 +36,12 @@ SAMPLES_FILE = "samples.jsonl"  # every sample and its reward, beside the select
 
 
 @dataclass
-class PromptData(PromptSource):
+class PromptData(DataSource):
     """Prompts to sample responses for.
 
     Attributes:
         source: `testbed:prompts`, a file of prompts (or of conversations: their prompt part is
             used), a dataset artifact reference or a hub dataset name.
-        format: "auto" to detect from the keys, or a format name to force.
-        strict: fail on the first bad record (True) or drop bad records and report them (False).
-        limit: use only the first N prompts.
         max_length: longest tokenized training example (prompt + selected response).
     """
 
@@ -221,21 +218,13 @@ class RejectionSampling:
         self, registry: Registry, model: Any, reward: Any
     ) -> tuple[dict[str, Any], RewardInput, Any]:
         """Everything before sampling: QLoRA can run here, the policy, the reward, the prompts."""
-        from alignlab.data import load_records
         from alignlab.models.adapters import quantization_kwargs
 
         cfg = self.config
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         inputs = resolve_inputs(registry, self, {"model": model})
         reward_in = resolve_reward(registry, reward)
-        prompts = load_records(
-            cfg.data.source,
-            kind="prompt",
-            registry=registry,
-            format=cfg.data.format,
-            strict=cfg.data.strict,
-            limit=cfg.data.limit,
-        )
+        prompts = load_data(cfg.data, "prompt", registry)
         return inputs, reward_in, prompts
 
     def _sources(self, reward: RewardInput, prompts: Any) -> tuple[dict[str, Any], dict[str, Any]]:

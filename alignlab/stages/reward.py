@@ -24,9 +24,16 @@ from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
-from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
-from alignlab.stages.runner import Resolved, StageRun, log_history_metrics, resolve_inputs, run_stage
+from alignlab.stages.runner import (
+    Resolved,
+    StageRun,
+    load_data,
+    log_history_metrics,
+    resolve_inputs,
+    run_stage,
+)
 
 log = logging.getLogger("alignlab")
 
@@ -37,7 +44,7 @@ TRAIN_METRICS_SAMPLE = 1000  # eval_share 0: rankings of the training data the m
 
 
 @dataclass
-class RewardData:
+class RewardData(DataSource):
     """Comparison data.
 
     Attributes:
@@ -46,21 +53,15 @@ class RewardData:
             rankings split into pairs) when kind is preference; default `testbed:preferences`.
         rankings: K-way rankings ({"prompt", "responses"} best first, or {"text", "rank"} items)
             when kind is ranking; default `testbed:rankings`.
-        format: "auto" to detect from the keys, or a format name to force.
-        strict: fail on the first bad record (True) or drop bad records and report them (False).
         max_length: longest transcript in tokens; longer ones lose their beginning.
-        limit: use only the first N records.
         eval_share: share of distinct prompts held out (with all their records) for the metrics;
             0 computes the metrics on a seeded sample of at most 1,000 training rankings.
     """
 
+    source: str | None = None  # type: ignore[assignment]  (None: the default of data.kind)
     kind: Literal["preference", "ranking"] = "preference"
-    source: str | None = None
     rankings: str | None = None
-    format: str = "auto"
-    strict: bool = True
     max_length: int = 256
-    limit: int | None = None
     eval_share: float = 0.1
 
 
@@ -187,7 +188,6 @@ class RewardModel:
 
     def _prepare(self, registry: Registry | None, model: Any) -> _Plan:
         """Everything before training: QLoRA can run here, the input, the rankings."""
-        from alignlab.data import load_records
         from alignlab.models.adapters import quantization_kwargs
         from alignlab.stages.reward_data import rankings_from_records
 
@@ -196,14 +196,7 @@ class RewardModel:
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         source = data_source(cfg.data)
         inputs = resolve_inputs(registry, self, {"model": model})
-        records = load_records(
-            source,
-            kind=cfg.data.kind,
-            registry=registry,
-            format=cfg.data.format,
-            strict=cfg.data.strict,
-            limit=cfg.data.limit,
-        )
+        records = load_data(cfg.data, cfg.data.kind, registry, source=source)
         rankings, duplicates = rankings_from_records(
             records.records, cfg.data.kind, use_margin=cfg.loss.use_margin, source=source
         )

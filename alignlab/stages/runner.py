@@ -87,6 +87,21 @@ def resolve_inputs(registry: Registry, stage: Any, refs: Mapping[str, Any]) -> d
     return resolved
 
 
+def load_data(data: Any, kind: str, registry: Registry, source: str | None = None) -> Any:
+    """Read a stage's ``data`` group (:class:`alignlab.stages.groups.DataSource`: source, format,
+    strict, limit) as validated records of ``kind``; ``source`` overrides ``data.source``."""
+    from alignlab.data import load_records
+
+    return load_records(
+        source or data.source,
+        kind=kind,
+        registry=registry,
+        format=data.format,
+        strict=data.strict,
+        limit=data.limit,
+    )
+
+
 def data_entry(role: str, records: Any) -> dict[str, Any]:
     """The lineage record of one loaded data source (alignlab.data.Records)."""
     return {
@@ -109,22 +124,13 @@ class PolicyPlan:
 def prepare_policy_stage(stage: Any, registry: Registry | None, model: Any, *, data_kind: str) -> PolicyPlan:
     """Everything before a policy stage trains: QLoRA can run here, the input resolves to a model,
     and ``stage.config.data`` reads as records of ``data_kind``."""
-    from alignlab.data import load_records
     from alignlab.models.adapters import quantization_kwargs
 
     cfg = stage.config
     registry = registry or Registry()
     quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
     inputs = resolve_inputs(registry, stage, {"model": model})
-    records = load_records(
-        cfg.data.source,
-        kind=data_kind,
-        registry=registry,
-        format=cfg.data.format,
-        strict=cfg.data.strict,
-        limit=cfg.data.limit,
-    )
-    return PolicyPlan(registry, inputs, records)
+    return PolicyPlan(registry, inputs, load_data(cfg.data, data_kind, registry))
 
 
 def run_policy_stage(

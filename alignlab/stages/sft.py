@@ -16,30 +16,10 @@ from alignlab.distributed.runtime import check_distributed
 from alignlab.models.adapters import AdapterGroup
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
-from alignlab.stages.groups import EvalGroup, TrackingGroup, TrainGroup
+from alignlab.stages.groups import ChatData, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.runner import StageRun, policy_output_kind, prepare_policy_stage, run_policy_stage
 
 log = logging.getLogger("alignlab")
-
-
-@dataclass
-class SFTData:
-    """Demonstrations.
-
-    Attributes:
-        source: a file (messages / Alpaca / ShareGPT / prompt-completion; json, jsonl, parquet, csv),
-            `testbed:sft`, a dataset artifact reference or a hub dataset name.
-        format: "auto" to detect from the keys, or a format name to force.
-        strict: fail on the first bad record (True) or drop bad records and report them (False).
-        max_length: longest tokenized example; longer ones are truncated from the end.
-        limit: use only the first N records.
-    """
-
-    source: str = "testbed:sft"
-    format: str = "auto"
-    strict: bool = True
-    max_length: int = 256
-    limit: int | None = None
 
 
 @dataclass
@@ -59,7 +39,7 @@ class SFTConfig:
     """
 
     output: str = "sft"
-    data: SFTData = field(default_factory=SFTData)
+    data: ChatData = field(default_factory=ChatData)
     train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=2.0, lr=5e-4, batch_size=16))
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     loss_on: Literal["assistant", "all"] = "assistant"
