@@ -239,7 +239,8 @@ class RewardModel:
             "dropped_identical": dropped.get(str(DropReason.IDENTICAL), 0),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
-        model, history = fit(model, train_enc, cfg, tok.pad_token_id)
+        inputs = {role: getattr(t, "ref", None) or t.id for role, t in run.inputs.items()}
+        model, history = fit(model, train_enc, cfg, tok.pad_token_id, inputs)
         model = main_process_model(model)
         if model is None:  # another process: the main one evaluates and publishes
             return
@@ -319,34 +320,42 @@ def optimizer_steps(micro_batches: int, train: TrainGroup) -> int:
     return max(1, math.ceil(train.epochs * math.ceil(micro_batches / train.grad_accum)))
 
 
-def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: int) -> tuple[Any, list]:
+def fit(
+    model: Any,
+    data: list[Encoded],
+    cfg: RewardModelConfig,
+    pad_token_id: int,
+    inputs: dict[str, str] | None = None,
+) -> tuple[Any, list]:
     """Train with AdamW, warmup + schedule, clipping and accumulation; returns ``(model, history)``.
 
     accelerate places the model and data (CPU here, one or more GPUs), on DeepSpeed when
-    ``cfg.distributed`` or the launch asks for it; the logged points are means over the processes. ``history`` holds one ``{"step", "loss", "accuracy", "margin_mean",
-    "lr"}`` per logging point, means since the previous point (as a transformers Trainer logs).
+    ``cfg.distributed`` or the launch asks for it. Each optimiser step is, in order:
+
+    1. **score**: every response of the micro-batch once, the ranking loss from those scores;
+    2. **guard**: a non-finite loss stops the run with what to change;
+    3. **backward**, clipping the gradient at the last micro-batch of the step;
+    4. **step** the optimiser and the schedule;
+    5. **log** every ``train.logging_steps`` steps: the means since the last point, over the
+       processes, to the history and the tracker (``cfg.tracking``, alignlab.tracking).
+
+    ``history`` holds one ``{"step", "loss", "accuracy", "margin_mean", "lr"}`` per logging point
+    (as a transformers Trainer logs); ``inputs`` (role -> reference) go to the tracker.
     """
     import torch
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from alignlab.distributed.runtime import make_accelerator
+    from alignlab.distributed.runtime import is_main_process, make_accelerator
     from alignlab.models.accelerator import release_accelerator
+    from alignlab.tracking import Tracker
 
-    train, tracking = cfg.train, cfg.tracking
-    log_with = None if tracking.report_to == "none" else str(tracking.report_to)
+    train = cfg.train
     accelerator = make_accelerator(
         cfg.distributed,
         max_grad_norm=train.max_grad_norm if train.max_grad_norm > 0 else None,
         gradient_accumulation_steps=train.grad_accum,
-        log_with=log_with,
-        project_dir=tempfile.mkdtemp(prefix="alignlab-reward-") if log_with else None,
     )
-    if log_with:
-        log.info("reward model: %s logs under %s", log_with, accelerator.project_dir)
-        accelerator.init_trackers(
-            tracking.project, init_kwargs={"wandb": {"name": tracking.run_name or cfg.output}}
-        )
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=train.batch_size,
@@ -370,62 +379,75 @@ def fit(model: Any, data: list[Encoded], cfg: RewardModelConfig, pad_token_id: i
     )
     if not deepspeed:
         scheduler = accelerator.prepare(scheduler)
+    tracker = Tracker.create(
+        cfg.tracking if is_main_process() else "none", cfg.output, config=cfg, inputs=inputs
+    )
     model.train()
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
     step = 0
     bar = tqdm(total=steps, desc="reward model", disable=not accelerator.is_local_main_process)
-    while step < steps:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss, stats, _ = batch_loss(model, batch, cfg.loss.center_coef)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"reward model: the loss became {loss.item()} at step {step + 1}; "
-                        f"lower train.lr (now {train.lr}) or check the data"
+    try:
+        while step < steps:
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    # 1. score
+                    loss, stats, _ = batch_loss(model, batch, cfg.loss.center_coef)
+                    # 2. guard
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"reward model: the loss became {loss.item()} at step {step + 1}; "
+                            f"lower train.lr (now {train.lr}) or check the data"
+                        )
+                    # 3. backward
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and train.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, train.max_grad_norm)
+                    # 4. step
+                    optimizer.step()
+                    if accelerator.sync_gradients or not deepspeed:
+                        scheduler.step()
+                    optimizer.zero_grad()
+                window.append(_reduced(accelerator, loss.item(), stats))
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                # 5. log
+                if step % train.logging_steps == 0 or step == steps:
+                    point = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                    point["lr"] = scheduler.get_last_lr()[0]
+                    history.append({"step": step, **point})
+                    bar.set_postfix(loss=f"{point['loss']:.4f}", acc=f"{point['accuracy']:.2f}")
+                    log.info(
+                        "reward model step %d/%d: loss %.4f, accuracy %.3f, margin %.3f, lr %.2e",
+                        step,
+                        steps,
+                        point["loss"],
+                        point["accuracy"],
+                        point["margin_mean"],
+                        point["lr"],
                     )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, train.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients or not deepspeed:
-                    scheduler.step()
-                optimizer.zero_grad()
-            point_values = torch.tensor([loss.item(), stats["accuracy"], stats["margin_mean"]])
-            if accelerator.num_processes > 1:
-                point_values = accelerator.reduce(point_values.to(accelerator.device), "mean").cpu()
-            window.append(dict(zip(("loss", "accuracy", "margin_mean"), point_values.tolist())))
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            if step % train.logging_steps == 0 or step == steps:
-                point = {
-                    k: sum(w[k] for w in window) / len(window) for k in ("loss", "accuracy", "margin_mean")
-                }
-                point["lr"] = scheduler.get_last_lr()[0]
-                history.append({"step": step, **point})
-                bar.set_postfix(loss=f"{point['loss']:.4f}", acc=f"{point['accuracy']:.2f}")
-                log.info(
-                    "reward model step %d/%d: loss %.4f, accuracy %.3f, margin %.3f, lr %.2e",
-                    step,
-                    steps,
-                    point["loss"],
-                    point["accuracy"],
-                    point["margin_mean"],
-                    point["lr"],
-                )
-                if log_with:
-                    accelerator.log({f"train/{k}": v for k, v in point.items()}, step=step)
-                window = []
-            if step >= steps:
-                break
-    bar.close()
-    for tracker in accelerator.trackers:  # not end_training(): it would end the process group too
+                    tracker.log({f"train/{k}": v for k, v in point.items()}, step=step)
+                    window = []
+                if step >= steps:
+                    break
+    finally:
+        bar.close()
         tracker.finish()
     trained = accelerator.unwrap_model(model)
     release_accelerator()  # the next stage in this process configures its own precision
     return trained, history
+
+
+def _reduced(accelerator: Any, loss: float, stats: dict[str, float]) -> dict[str, float]:
+    """The micro-batch's loss, accuracy and margin, averaged over the processes."""
+    import torch
+
+    values = torch.tensor([loss, stats["accuracy"], stats["margin_mean"]])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values.to(accelerator.device), "mean").cpu()
+    return dict(zip(("loss", "accuracy", "margin_mean"), values.tolist()))
 
 
 def evaluate(model: Any, data: list[Encoded], pad_token_id: int, batch_size: int) -> dict[str, float]:

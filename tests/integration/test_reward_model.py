@@ -191,3 +191,23 @@ def test_without_a_held_out_split_the_metrics_come_from_a_sample_of_the_training
     assert m["metrics_split"] == "train" and m["eval_rankings"] == 0 and m["train_rankings"] == 60
     assert m["eval_pairs"] == 12, "one pair per sampled ranking, not the whole training set again"
     assert m["score_std"] > 0 and math.isfinite(m["score_mean"])
+
+
+def test_the_reward_model_logs_through_the_shared_tracker(tiny_pipeline, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    registry, arts = tiny_pipeline
+    monkeypatch.chdir(tmp_path)  # tensorboard writes runs/<run name> here
+    RewardModel(
+        {
+            "output": "rm-tracked",
+            "data": {"source": "testbed:preferences?n=32", "eval_share": 0},
+            "train": QUICK,
+            "eval": {"gold": False},
+            "tracking": {"report_to": "tensorboard", "run_name": "rm-tb"},
+        }
+    ).run(registry, model=arts["sft"].ref)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert run_dir.name == "rm-tb" and [e.step for e in events.Scalars("train/loss")] == [1, 2]
