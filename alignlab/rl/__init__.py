@@ -12,9 +12,6 @@ from alignlab.rl.advantages import (
     compute_reinforce,
     get_advantage_estimator,
     last_token_index,
-    masked_mean,
-    masked_var,
-    masked_whiten,
     per_token_rewards,
     register_advantage_estimator,
 )
@@ -34,6 +31,7 @@ from alignlab.rl.losses import (
     policy_loss,
     value_loss,
 )
+from alignlab.rl.masked import masked_mean, masked_var, masked_whiten
 from alignlab.rl.normalization import (
     RewardNormalization,
     RunningMoments,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alignlab.rl.advantages import masked_mean, masked_var
+from alignlab.rl.masked import masked_mean, masked_var
 
 
 def _full_precision(logits: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Normalising sequence scores before they become PPO rewards.
+"""Normalising sequence scores before they become PPO rewards, and :class:`ScoreShaper`, which does
+it to every rollout (normalise, clip, penalise responses that never ended).
 
 A reward model's raw scale is arbitrary; PPO is steadier when the score fed to it has mean 0 and
 unit spread. Three choices (:class:`RewardNormalization`): leave scores alone, standardise them
@@ -108,3 +109,49 @@ def score_moments_from_metrics(
             f"(it has {sorted(metrics)}); use 'running' instead, or re-run the reward stage"
         )
     return float(metrics[mean_key]), float(metrics[std_key])
+
+
+class ScoreShaper:
+    """Raw scores (B,) -> the scores PPO optimises: normalise, clip, penalise responses without EOS.
+
+    Args:
+        normalization: none | running (moments of every raw score so far, this batch included) |
+            reward_model (``reference_moments``, the reward model's stored mean and std).
+        clip: clip the normalised score to ``[-clip, clip]`` (None = no clipping).
+        missing_eos_penalty: subtracted from the (normalised, clipped) score of every response
+            that never emitted EOS (None = no penalty).
+        reference_moments: (mean, std) for ``reward_model`` normalisation.
+    """
+
+    def __init__(
+        self,
+        normalization: RewardNormalization | str = RewardNormalization.NONE,
+        clip: float | None = None,
+        missing_eos_penalty: float | None = None,
+        reference_moments: tuple[float, float] | None = None,
+    ) -> None:
+        self.normalization = RewardNormalization(normalization)
+        if self.normalization is RewardNormalization.REWARD_MODEL and reference_moments is None:
+            raise ValueError("reward_model normalisation needs the reward model's (mean, std)")
+        self.clip = clip
+        self.missing_eos_penalty = missing_eos_penalty
+        self.reference_moments = reference_moments
+        self.moments = RunningMoments()
+
+    def __call__(self, raw: Tensor, ended: Tensor) -> Tensor:
+        mean, std = 0.0, 1.0
+        if self.normalization is RewardNormalization.RUNNING:
+            self.moments.update(raw)
+            mean, std = self.moments.mean, self.moments.std
+        elif self.normalization is RewardNormalization.REWARD_MODEL:
+            mean, std = self.reference_moments  # type: ignore[misc]
+        scores = normalize_scores(raw, mean, std, clip=self.clip)
+        if self.missing_eos_penalty:
+            scores = scores - self.missing_eos_penalty * (~ended.bool()).to(scores.dtype)
+        return scores
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"moments": self.moments.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.moments.load_state_dict(state["moments"])

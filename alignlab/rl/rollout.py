@@ -7,7 +7,8 @@ length (right padding after each EOS), ``V`` the vocabulary. The sequence a mode
 
 One rollout costs one ``generate`` call per chunk (KV cache), whose logits give the old
 log-probs, then one batched forward pass each of the reference (reference log-probs) and the
-critic (values), all under inference mode, and one call of the scorer. Nothing here is computed again during the PPO
+critic (values), all under inference mode, and one call of the scorer, whose raw scores
+:class:`alignlab.rl.normalization.ScoreShaper` turns into the scores PPO optimises. Nothing here is computed again during the PPO
 epochs that train on the rollout.
 
 Example:
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from alignlab.rewards import Prompt, Scorer, score_chats
 from alignlab.rl.losses import logprobs_from_logits
-from alignlab.rl.normalization import RewardNormalization, RunningMoments, normalize_scores
+from alignlab.rl.normalization import ScoreShaper
 
 
 @dataclass
@@ -194,55 +195,6 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-# --- scores -------------------------------------------------------------------------------------
-
-
-class ScoreShaper:
-    """Raw scores (B,) -> the scores PPO optimises: normalise, clip, penalise responses without EOS.
-
-    Args:
-        normalization: none | running (moments of every raw score so far, this batch included) |
-            reward_model (``reference_moments``, the reward model's stored mean and std).
-        clip: clip the normalised score to ``[-clip, clip]`` (None = no clipping).
-        missing_eos_penalty: subtracted from the (normalised, clipped) score of every response
-            that never emitted EOS (None = no penalty).
-        reference_moments: (mean, std) for ``reward_model`` normalisation.
-    """
-
-    def __init__(
-        self,
-        normalization: RewardNormalization | str = RewardNormalization.NONE,
-        clip: float | None = None,
-        missing_eos_penalty: float | None = None,
-        reference_moments: tuple[float, float] | None = None,
-    ) -> None:
-        self.normalization = RewardNormalization(normalization)
-        if self.normalization is RewardNormalization.REWARD_MODEL and reference_moments is None:
-            raise ValueError("reward_model normalisation needs the reward model's (mean, std)")
-        self.clip = clip
-        self.missing_eos_penalty = missing_eos_penalty
-        self.reference_moments = reference_moments
-        self.moments = RunningMoments()
-
-    def __call__(self, raw: Tensor, ended: Tensor) -> Tensor:
-        mean, std = 0.0, 1.0
-        if self.normalization is RewardNormalization.RUNNING:
-            self.moments.update(raw)
-            mean, std = self.moments.mean, self.moments.std
-        elif self.normalization is RewardNormalization.REWARD_MODEL:
-            mean, std = self.reference_moments  # type: ignore[misc]
-        scores = normalize_scores(raw, mean, std, clip=self.clip)
-        if self.missing_eos_penalty:
-            scores = scores - self.missing_eos_penalty * (~ended.bool()).to(scores.dtype)
-        return scores
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"moments": self.moments.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.moments.load_state_dict(state["moments"])
-
-
 # --- the rollout --------------------------------------------------------------------------------
 
 
@@ -320,28 +272,20 @@ def rollout_forward(
     mask: Tensor,
     temperature: float,
     batch_size: int,
-    old_logprobs: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Old log-probs, reference log-probs and values, (B, T) each, in batched inference passes.
-
-    ``old_logprobs`` (from :func:`sample_with_logprobs`) skips the policy's pass.
-    """
+) -> tuple[Tensor, Tensor]:
+    """Reference log-probs and values, (B, T) each, in batched inference passes (the old log-probs
+    come with the sampling: :func:`sample_with_logprobs`)."""
     ids = torch.cat([query, response], dim=1)
     attn = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
     T = response.shape[1]
-    logprobs, ref_logprobs, values = [], [], []
+    ref_logprobs, values = [], []
     for part in chunks(ids.shape[0], batch_size):
-        if old_logprobs is None:
-            logits = policy_logits(policy, ids[part], attn[part], T, temperature)
-            logprobs.append(logprobs_from_logits(logits, response[part]))
-            del logits
         with reference_model(policy, reference) as ref:
             ref_logits = policy_logits(ref, ids[part], attn[part], T, temperature)
         ref_logprobs.append(logprobs_from_logits(ref_logits, response[part]))
         del ref_logits
         values.append(token_values(critic, ids[part], attn[part], T))
-    old = old_logprobs if old_logprobs is not None else torch.cat(logprobs)
-    return old, torch.cat(ref_logprobs), torch.cat(values)
+    return torch.cat(ref_logprobs), torch.cat(values)
 
 
 def collect_rollout(
@@ -391,7 +335,7 @@ def collect_rollout(
     seconds["generation"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    logprobs, ref_logprobs, values = rollout_forward(
+    ref_logprobs, values = rollout_forward(
         policy,
         reference,
         critic,
@@ -401,7 +345,6 @@ def collect_rollout(
         mask,
         settings.temperature,
         settings.batch_size,
-        old_logprobs=old_logprobs,
     )
     seconds["forward"] = time.perf_counter() - start
 
@@ -415,7 +358,7 @@ def collect_rollout(
         query_mask=query_mask,
         response=response,
         mask=mask,
-        logprobs=logprobs,
+        logprobs=old_logprobs,
         ref_logprobs=ref_logprobs,
         values=values,
         raw_scores=raw,
@@ -440,7 +383,7 @@ def step_rows(step: int, batch: int, n: int, seed: int) -> list[int]:
     return rows
 
 
-def encode_prompts(
+def encode_prompt_records(
     tokenizer: Any, records: Sequence[dict[str, Any]], max_length: int
 ) -> tuple[list[list[int]], list[str], int]:
     """Chat-template canonical prompt records (``{"prompt": [messages]}``) for sampling.

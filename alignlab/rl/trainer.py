@@ -24,7 +24,7 @@ from torch import Tensor
 
 from alignlab.errors import TrainingError
 from alignlab.models.accelerator import fresh_accelerator
-from alignlab.rl.advantages import get_advantage_estimator, masked_mean, masked_whiten, per_token_rewards
+from alignlab.rl.advantages import get_advantage_estimator, per_token_rewards
 from alignlab.rl.kl import KLEstimator
 from alignlab.rl.losses import (
     explained_variance,
@@ -33,6 +33,7 @@ from alignlab.rl.losses import (
     policy_loss,
     value_loss,
 )
+from alignlab.rl.masked import masked_mean, masked_whiten
 from alignlab.rl.rollout import Rollout, chunks, policy_logits, position_ids, token_values
 
 

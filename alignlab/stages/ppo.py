@@ -38,8 +38,8 @@ from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import resolve_reward
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
-from alignlab.rl.normalization import RewardNormalization, score_moments_from_metrics
-from alignlab.rl.rollout import GenerationSettings, ScoreShaper
+from alignlab.rl.normalization import RewardNormalization, ScoreShaper, score_moments_from_metrics
+from alignlab.rl.rollout import GenerationSettings
 from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.contract import Input, Planned
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
@@ -355,7 +355,7 @@ class PPO:
             restore_rng,
             save_checkpoint,
         )
-        from alignlab.rl.rollout import collect_rollout, encode_prompts, step_rows
+        from alignlab.rl.rollout import collect_rollout, encode_prompt_records, step_rows
         from alignlab.rl.trainer import PPOTrainer, PTXBatches
         from alignlab.tracking import Tracker
 
@@ -363,7 +363,7 @@ class PPO:
         models = build_models(run, cfg, reward_fn, accelerator)
         tok = models.tokenizer
         records = run.data["prompts"].records
-        queries, prompts, dropped = encode_prompts(tok, records, cfg.data.max_prompt_length)
+        queries, prompts, dropped = encode_prompt_records(tok, records, cfg.data.max_prompt_length)
         if not queries:
             raise ConfigError(
                 f"every prompt of {cfg.data.source} is longer than data.max_prompt_length="

@@ -14,12 +14,10 @@ from alignlab.rl.advantages import (
     compute_gae,
     compute_reinforce,
     get_advantage_estimator,
-    masked_mean,
-    masked_var,
-    masked_whiten,
     per_token_rewards,
     register_advantage_estimator,
 )
+from alignlab.rl.masked import masked_mean, masked_var, masked_whiten
 
 LENGTHS = [1, 7, 3, 10, 1, 5]  # includes length-1 rows and one full row
 T = 10

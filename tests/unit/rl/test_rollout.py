@@ -10,12 +10,11 @@ import torch
 from alignlab.errors import TrainingError
 from alignlab.rl.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from alignlab.rl.losses import logprobs_from_logits
-from alignlab.rl.normalization import RewardNormalization
+from alignlab.rl.normalization import RewardNormalization, ScoreShaper
 from alignlab.rl.rollout import (
     GenerationSettings,
-    ScoreShaper,
     collect_rollout,
-    encode_prompts,
+    encode_prompt_records,
     policy_logits,
     position_ids,
     response_mask,
@@ -89,7 +88,7 @@ def test_rollout_logprobs_match_what_generate_sampled_from(tiny) -> None:
     from alignlab.models.generation import left_pad
 
     policy, _, tok = tiny
-    queries, texts, dropped = encode_prompts(
+    queries, texts, dropped = encode_prompt_records(
         tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64
     )
     assert dropped == 0 and texts == [[{"role": "user", "content": p}] for p in PROMPTS]
@@ -139,7 +138,7 @@ def _rollout(tiny, scores=None, *, chats=None, scorer=None):
     """A rollout of the tiny policy on ``chats`` (default: PROMPTS as one user turn each)."""
     policy, critic, tok = tiny
     chats = chats or [[{"role": "user", "content": p}] for p in PROMPTS]
-    queries, prompts, _ = encode_prompts(tok, [{"prompt": c} for c in chats], 64)
+    queries, prompts, _ = encode_prompt_records(tok, [{"prompt": c} for c in chats], 64)
     reference = type(policy)(policy.config)
     reference.load_state_dict(policy.state_dict())
 
@@ -188,7 +187,7 @@ def test_a_reward_model_scores_every_turn_and_a_reward_function_the_last_user_tu
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": "What color does Mira like?"},
     ]
-    assert encode_prompts(tok, [{"prompt": chat}], 64)[1] == [chat]
+    assert encode_prompt_records(tok, [{"prompt": chat}], 64)[1] == [chat]
     seen: list[str] = []
 
     def reward_fn(prompts, responses):
@@ -206,7 +205,9 @@ def test_a_reward_model_scores_every_turn_and_a_reward_function_the_last_user_tu
 
 def test_generation_logprobs_equal_a_forward_pass_at_any_temperature(tiny) -> None:
     policy, _, tok = tiny
-    queries, _, _ = encode_prompts(tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64)
+    queries, _, _ = encode_prompt_records(
+        tok, [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS], 64
+    )
     from alignlab.models.generation import left_pad
     from alignlab.rl.rollout import sample_with_logprobs
 
