@@ -125,8 +125,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     config = apply_overrides(raw, config_overrides)
     from alignlab.config import load_config
 
-    runner = cls(load_config(cls.config_cls, config, where=args.config or args.name))
-    artifact = runner.run(_registry(args), force=args.force, **inputs)
+    instance = cls(load_config(cls.config_cls, config, where=args.config or args.name))
+    artifact = instance.run(_registry(args), force=args.force, **inputs)
     print(artifact.ref)
     for key in ("gold_score", "gold_accuracy", "perplexity", "train_loss_last"):
         if key in artifact.metrics:

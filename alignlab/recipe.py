@@ -58,11 +58,11 @@ class Entry:
     name: str
     stage: str
     inputs: dict[str, str]
-    runner: Any
+    instance: Any  # the configured stage object
 
     @property
     def config(self) -> Any:
-        return self.runner.config
+        return self.instance.config
 
 
 @dataclass
@@ -190,11 +190,11 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
                 raise ConfigError(f"{at}: {err}") from None
         stage_config = load_config(cls.config_cls, config, where=f"{at}.config")
         try:
-            runner = cls(stage_config)
+            instance = cls(stage_config)
         except ConfigError as err:  # checks across groups (e.g. an adapter with ZeRO-3)
             raise ConfigError(f"{at}.config: {err}") from None
         entries.append(
-            Entry(name=name, stage=stage, inputs={k: str(v) for k, v in inputs.items()}, runner=runner)
+            Entry(name=name, stage=stage, inputs={k: str(v) for k, v in inputs.items()}, instance=instance)
         )
         seen.add(name)
     return Recipe(
@@ -245,7 +245,7 @@ def check_recipe(recipe: Recipe, registry: Registry) -> None:
     for e in recipe.entries:
         inputs = {role: planned.get(ref, ref) for role, ref in e.inputs.items()}
         try:
-            e.runner.check(registry, **inputs)
+            e.instance.check(registry, **inputs)
         except HubUnreachable as err:  # offline: neither right nor wrong, so said and passed
             log.warning(
                 "%s: entry %r: its data %r can only be a hub dataset and the hub is not reachable, "
@@ -256,7 +256,7 @@ def check_recipe(recipe: Recipe, registry: Registry) -> None:
             )
         except AlignlabError as err:
             raise _named(err, f"{recipe.path}: entry {e.name!r} ({e.stage})") from None
-        planned[e.name] = Planned(e.name, e.runner.output_kind())
+        planned[e.name] = Planned(e.name, e.instance.output_kind())
 
 
 def _named(err: Exception, where: str) -> Exception:
@@ -300,7 +300,7 @@ def run_recipe(
         entry_force = force if isinstance(force, bool) else e.name in force
         started = time.perf_counter()
         before = {a.id for a in registry.list(e.config.output)}
-        artifact = e.runner.run(registry, force=entry_force, **inputs)
+        artifact = e.instance.run(registry, force=entry_force, **inputs)
         seconds = time.perf_counter() - started
         produced[e.name] = artifact
         results.append(StageResult(e.name, e.stage, artifact, seconds, reused=artifact.id in before))

@@ -10,7 +10,7 @@ uses them in a running process:
 - :func:`main_process_model` — the trained model, whole and plain, on the main process only
   (ZeRO-3 shards are gathered one submodule at a time; a LoRA model keeps its adapter, to be
   merged or saved alone); the stage evaluates and publishes it
-  there while the other processes wait (:func:`alignlab.stages.runner.run_stage`).
+  there while the other processes wait (:func:`alignlab.stages.lifecycle.run_stage`).
 - :func:`gathered_for_generation` — ZeRO-3 weights gathered once for a whole rollout, instead of
   layer by layer for every generated token.
 

@@ -29,7 +29,7 @@ from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import ChatData, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import (
+from alignlab.stages.lifecycle import (
     StageRun,
     hf_training_args,
     log_history_metrics,

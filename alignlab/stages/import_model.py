@@ -15,10 +15,10 @@ from typing import Any
 
 from alignlab.config import load_config
 from alignlab.registry import Artifact, ExternalRef, Registry
-from alignlab.stages.base import save_base
 from alignlab.stages.contract import Input
 from alignlab.stages.groups import EvalGroup
-from alignlab.stages.runner import StageRun, resolve_inputs, run_stage
+from alignlab.stages.lifecycle import StageRun, resolve_inputs, run_stage
+from alignlab.stages.tiny_base import save_base
 
 log = logging.getLogger("alignlab")
 

@@ -44,7 +44,7 @@ from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.contract import Input, Planned
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import (
+from alignlab.stages.lifecycle import (
     Resolved,
     StageRun,
     load_data,
@@ -277,7 +277,7 @@ class PPO:
         cfg = self.config
         registry = registry or Registry()
         plan = self._prepare(registry, model=model, reward=reward, critic=critic, reference=reference)
-        key = run_key(cfg, plan.inputs, plan.data)
+        key = checkpoint_key(cfg, plan.inputs, plan.data)
         ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
         artifact = run_stage(
             stage=self.name,
@@ -406,10 +406,10 @@ class PPO:
             remove_checkpoints(ckpt_root)
         elif (latest := latest_checkpoint(ckpt_root)) is not None:
             ckpt = load_checkpoint(latest, modules={"policy": policy, "critic": critic})
-            if ckpt.state.get("run_key") != key:
+            if ckpt.state.get("checkpoint_key") != key:
                 raise ConfigError(
                     f"the checkpoint {latest} belongs to another run (key "
-                    f"{ckpt.state.get('run_key')}, this run is {key}); set resume: false to "
+                    f"{ckpt.state.get('checkpoint_key')}, this run is {key}); set resume: false to "
                     "start over or change checkpoint_dir"
                 )
             trainer.load_state_dict(ckpt.torch_states["trainer"])
@@ -488,7 +488,7 @@ class PPO:
                         modules={"policy": policy, "critic": critic},
                         torch_states={"trainer": trainer.state_dict()},
                         state={
-                            "run_key": key,
+                            "checkpoint_key": key,
                             "history": history,
                             "kl": kl_ctl.state_dict(),
                             "scores": models.shaper.state_dict(),
@@ -644,7 +644,7 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
     )
 
 
-def run_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -> str:
+def checkpoint_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -> str:
     """The key of the training run's checkpoints: the stage fingerprint, which leaves out the
     run-control fields, so resuming with ``resume`` or ``checkpoint_every`` changed still finds them."""
     return stage_fingerprint("ppo", cfg, inputs, data)

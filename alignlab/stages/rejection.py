@@ -26,7 +26,7 @@ from alignlab.rewards import RewardFn, RewardInput, prompt_text, resolve_reward
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, load_data, policy_output_kind, resolve_inputs, run_stage
+from alignlab.stages.lifecycle import StageRun, load_data, policy_output_kind, resolve_inputs, run_stage
 
 log = logging.getLogger("alignlab")
 
@@ -341,9 +341,9 @@ class RejectionSampling:
 
         def body(run: StageRun) -> None:
             from alignlab.models import save_model
-            from alignlab.stages.sft_training import fine_tune_run_policy
+            from alignlab.stages.sft_training import fine_tune_policy
 
-            result = fine_tune_run_policy(run, cfg)
+            result = fine_tune_policy(run, cfg)
             if result is None:  # another process: the main one evaluates and publishes
                 return
             trained, tok, metrics = result

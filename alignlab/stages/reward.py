@@ -3,7 +3,7 @@
 The model is ``AutoModelForSequenceClassification`` (one label) initialised from the input causal
 LM (its score head new), trained with alignlab's own loop on accelerate: every response of a batch
 is scored once, and the pairwise Bradley-Terry terms (optionally with margins and a centring term)
-are formed from those scores, each prompt weighted once (see :mod:`alignlab.losses`).
+are formed from those scores, each prompt weighted once (see :mod:`alignlab.reward_losses`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
-from alignlab.stages.runner import (
+from alignlab.stages.lifecycle import (
     Resolved,
     StageRun,
     load_data,
@@ -34,6 +33,7 @@ from alignlab.stages.runner import (
     resolve_inputs,
     run_stage,
 )
+from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
 
 log = logging.getLogger("alignlab")
 
@@ -67,7 +67,7 @@ class RewardData(DataSource):
 
 @dataclass
 class RewardLossGroup:
-    """The loss (alignlab.losses.ranking_loss).
+    """The loss (alignlab.reward_losses.ranking_loss).
 
     Attributes:
         use_margin: subtract the data's per-pair margin (LLaMA-2) where a record has one.
@@ -306,7 +306,7 @@ def batch_loss(
     model: Any, batch: dict[str, Any], center_coef: float = 0.0
 ) -> tuple[Any, dict[str, float], Any]:
     """The ranking loss of a collated batch: ``(loss, stats, scores)``; each response scored once."""
-    from alignlab.losses import ranking_loss
+    from alignlab.reward_losses import ranking_loss
 
     scores = score(model, batch)  # (R,)
     loss, stats = ranking_loss(scores.float(), batch["sizes"].tolist(), batch["margin"], center_coef)
@@ -460,7 +460,7 @@ def evaluate(model: Any, data: list[Encoded], pad_token_id: int, batch_size: int
     """
     import torch
 
-    from alignlab.losses import ranking_pairs
+    from alignlab.reward_losses import ranking_pairs
 
     model.eval()
     device = next(model.parameters()).device

@@ -3,7 +3,7 @@
 Every example is a :class:`Ranking`: one prompt and its K >= 2 responses, best first (a
 preference pair is K = 2). A batch flattens its rankings to responses, each a chat transcript
 (the prompt messages + one assistant turn) tokenised once and padded with the others, so that a
-single forward pass scores every response of the batch once (see :mod:`alignlab.losses`).
+single forward pass scores every response of the batch once (see :mod:`alignlab.reward_losses`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Ranking:
     Attributes:
         prompt: the prompt messages.
         responses: K >= 2 responses, best first.
-        margins: one margin per pair (:func:`alignlab.losses.ranking_pairs` order), or None.
+        margins: one margin per pair (:func:`alignlab.reward_losses.ranking_pairs` order), or None.
     """
 
     prompt: list[dict[str, Any]]

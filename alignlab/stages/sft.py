@@ -17,7 +17,7 @@ from alignlab.models.adapters import AdapterGroup
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.groups import ChatData, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.runner import StageRun, policy_output_kind, prepare_policy_stage, run_policy_stage
+from alignlab.stages.lifecycle import StageRun, policy_output_kind, prepare_policy_stage, run_policy_stage
 
 log = logging.getLogger("alignlab")
 
@@ -80,9 +80,9 @@ class SFT:
 
     def _train(self, run: StageRun, cfg: SFTConfig) -> None:
         from alignlab.models import save_model
-        from alignlab.stages.sft_training import fine_tune_run_policy
+        from alignlab.stages.sft_training import fine_tune_policy
 
-        result = fine_tune_run_policy(run, cfg, packing=cfg.packing)
+        result = fine_tune_policy(run, cfg, packing=cfg.packing)
         if result is None:  # another process: the main one evaluates and publishes
             return
         trained, tok, metrics = result

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from alignlab.models.adapters import AdapterGroup
 from alignlab.stages.groups import TrackingGroup, TrainGroup
-from alignlab.stages.runner import hf_training_args, log_history_metrics
+from alignlab.stages.lifecycle import hf_training_args, log_history_metrics
 
 if TYPE_CHECKING:
     from alignlab.distributed.config import DistributedGroup
@@ -91,9 +91,7 @@ def train_sft(
     return (None if model is None else finalize(model, adapter)), metrics
 
 
-def fine_tune_run_policy(
-    run: Any, cfg: Any, *, packing: bool = False
-) -> tuple[Any, Any, dict[str, Any]] | None:
+def fine_tune_policy(run: Any, cfg: Any, *, packing: bool = False) -> tuple[Any, Any, dict[str, Any]] | None:
     """Load ``run.inputs["model"]`` and fine-tune it on ``run.data["train"]`` with :func:`train_sft`.
 
     ``cfg`` is a stage config with ``train``, ``adapter``, ``tracking``, ``output``,

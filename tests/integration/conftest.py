@@ -16,9 +16,9 @@ SFT_CFG = {"train": {"epochs": 2, "lr": 1e-3, "batch_size": 32}, "eval": {"gold_
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A registry holding base -> pretrain -> sft at test size; returns (registry, artifacts)."""
-    from alignlab.stages.base import TinyBase
     from alignlab.stages.pretrain import Pretrain
     from alignlab.stages.sft import SFT
+    from alignlab.stages.tiny_base import TinyBase
 
     registry = Registry(tmp_path_factory.mktemp("registry"))
     base = TinyBase({"size": "test", "eval": {"gold_n": 40}}).run(registry)

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """The tiny base, built once in this process; both runs of a test start from its folder."""
-    from alignlab.stages.base import TinyBase
+    from alignlab.stages.tiny_base import TinyBase
 
     registry = Registry(tmp_path_factory.mktemp("base-registry"))
     return TinyBase({"size": "test", "eval": {"gold": False}}).run(registry)

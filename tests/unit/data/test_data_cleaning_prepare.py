@@ -73,7 +73,7 @@ def test_prepare_publishes_a_dataset_with_reports_and_lineage_to_the_raw_file(ra
 
 
 def test_a_stage_reading_the_dataset_has_lineage_back_to_the_raw_file(raw: Path, reg: Registry):
-    from alignlab.stages.runner import run_stage
+    from alignlab.stages.lifecycle import run_stage
 
     @dataclass
     class Tiny:

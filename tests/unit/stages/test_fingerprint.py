@@ -8,7 +8,7 @@ import pytest
 from alignlab.config import apply_overrides, is_run_control, load_config
 from alignlab.registry import ExternalRef
 from alignlab.stages import STAGES
-from alignlab.stages.runner import stage_fingerprint
+from alignlab.stages.lifecycle import stage_fingerprint
 
 INPUTS = {"model": ExternalRef("m", "/tmp/m", is_local=True)}
 RUN_CONTROL = {

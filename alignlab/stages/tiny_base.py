@@ -13,7 +13,7 @@ from alignlab.config import load_config
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics
 from alignlab.stages.groups import EvalGroup
-from alignlab.stages.runner import StageRun, run_stage
+from alignlab.stages.lifecycle import StageRun, run_stage
 
 
 @dataclass

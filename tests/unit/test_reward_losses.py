@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from alignlab.losses import centering_penalty, pairwise_loss, per_prompt_mean, ranking_loss, ranking_pairs
+from alignlab.reward_losses import (
+    centering_penalty,
+    pairwise_loss,
+    per_prompt_mean,
+    ranking_loss,
+    ranking_pairs,
+)
 from alignlab.stages.reward import batch_loss
 from alignlab.stages.reward_data import Encoded, collate
 
