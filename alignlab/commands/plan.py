@@ -80,7 +80,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from alignlab.distributed.planner import Setup, configurations, min_gpus, plan, resolve_model
+    from alignlab.distributed.model_shapes import resolve_model
+    from alignlab.distributed.planner import Setup, configurations, min_gpus, plan
 
     setup = Setup(
         zero_stage=args.zero, gpus=args.gpus, gpus_per_node=args.gpus_per_node,

@@ -23,7 +23,8 @@ from alignlab.distributed.config import (
     with_recipe_distributed,
 )
 from alignlab.distributed.launch import Launcher, build_launch_command, needs_launch, read_hostfile
-from alignlab.distributed.planner import Accounting, Plan, PlanStage, Setup, plan, resolve_model
+from alignlab.distributed.model_shapes import resolve_model
+from alignlab.distributed.planner import Accounting, Plan, PlanStage, Setup, plan
 
 __all__ = [
     "Accounting",

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.errors import ConfigError
+from alignlab.registry.provenance import sha256_of
 
 log = logging.getLogger("alignlab")
 
@@ -42,15 +42,6 @@ def cache_root() -> Path:
         return Path(os.environ["ALIGNLAB_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "alignlab"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """The sha256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_gguf_file(path: Path) -> None:
@@ -80,7 +71,7 @@ def converted_folder(path: str | Path, *, cache: Path | None = None) -> Path:
 
     path = Path(path).expanduser().resolve()
     check_gguf_file(path)
-    sha = file_sha256(path)
+    sha = sha256_of(path)
     root = (cache or cache_root()) / "gguf"
     target = root / f"{sha[:16]}-{path.stem}"
     if (target / SOURCE_FILE).is_file():

@@ -77,9 +77,9 @@ class ImportModel:
         target = inputs["model"]
         data = {}
         if isinstance(target, ExternalRef) and target.is_local and Path(target.location).is_file():
-            from alignlab.models.gguf import file_sha256
+            from alignlab.registry import sha256_of
 
-            data["weights"] = WeightsFile(target.location, file_sha256(target.location))
+            data["weights"] = WeightsFile(target.location, sha256_of(target.location))
 
         def body(run: StageRun) -> None:
             from alignlab.models import load_causal_lm

@@ -50,13 +50,13 @@ def _lora_trained(out, registry, base_state) -> None:
 def test_import_publishes_the_gguf_as_plain_safetensors_with_its_sha256(smollm2, smollm2_file):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignlab.models.gguf import file_sha256
+    from alignlab.registry import sha256_of
     from alignlab.stages.import_model import ImportModel
 
     registry, art = smollm2
     assert art.kind == "model" and art.stage == "import_model"
     assert art.parents == [f"path:{smollm2_file}"]
-    assert art.data[0]["fingerprint"] == file_sha256(smollm2_file)
+    assert art.data[0]["fingerprint"] == sha256_of(smollm2_file)
     assert (art.path / "model.safetensors").is_file()
     assert "quantization_config" not in json.loads((art.path / "config.json").read_text())
     assert art.metrics["parameters"] == 134_515_008

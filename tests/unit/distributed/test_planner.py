@@ -10,18 +10,10 @@ import re
 
 import pytest
 
+from alignlab.distributed import model_shapes as S
 from alignlab.distributed import planner as P
-from alignlab.distributed.planner import (
-    GIB,
-    Accounting,
-    Setup,
-    activation_bytes,
-    known_shape,
-    plan,
-    resolve_model,
-    shape_from_config,
-    zero_model_states,
-)
+from alignlab.distributed.model_shapes import known_shape, resolve_model, shape_from_config
+from alignlab.distributed.planner import GIB, Accounting, Setup, activation_bytes, plan, zero_model_states
 from alignlab.errors import ConfigError
 
 LLAMA7 = "meta-llama/Llama-2-7b-hf"
@@ -33,12 +25,12 @@ MACHINES = [(1, 1), (2, 1), (8, 1), (8, 4), (4, 3)]  # (GPUs per node, nodes)
 # -- shapes ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hub_id", sorted(P.KNOWN_MODELS))
+@pytest.mark.parametrize("hub_id", sorted(S.KNOWN_MODELS))
 def test_known_shapes_match_the_models_transformers_builds(hub_id):
     """Parameter count and DeepSpeed's largest layer, against the model built on the meta device."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(**P.KNOWN_MODELS[hub_id])
+    config = transformers.AutoConfig.for_model(**S.KNOWN_MODELS[hub_id])
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())  # shared weights once
@@ -368,7 +360,7 @@ def test_every_dataclass_field_is_documented():
     from alignlab.docs_check import field_docs
 
     classes = [
-        P.ModelShape,
+        S.ModelShape,
         P.StateBytes,
         P.Setup,
         P.ModelMemory,
