@@ -216,11 +216,6 @@ class PPOTrainer:
         self.updates = 0  # optimiser steps taken
         self.ptx_batches = 0  # pretraining batches drawn
 
-    @staticmethod
-    def updates_per_step(batch_size: int, settings: PPOSettings) -> int:
-        """Optimiser steps per rollout batch."""
-        return settings.epochs * math.ceil(batch_size / settings.mini_batch_size)
-
     @torch.no_grad()
     def experience(
         self, rollout: Rollout, kl_coef: float, kl_estimator: KLEstimator | str = KLEstimator.K1

@@ -379,13 +379,15 @@ class PPO:
                 seed=cfg.train.seed,
             )
         n, batch = len(queries), cfg.train.batch_size
-        total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * n / batch)
+        sizes = batch_sizes(cfg, n, accelerator.num_processes)
+        total = sizes["ppo_steps"]
+        log.info("ppo: %s", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()))
         trainer = PPOTrainer(
             models.policy,
             models.critic,
             cfg.ppo,
             lr=cfg.train.lr,
-            total_updates=total * PPOTrainer.updates_per_step(batch, cfg.ppo),
+            total_updates=sizes["optimizer_steps"],  # each process steps on its share of the rollout
             weight_decay=cfg.train.weight_decay,
             max_grad_norm=cfg.train.max_grad_norm,
             scheduler=cfg.train.lr_scheduler,
@@ -430,6 +432,7 @@ class PPO:
         try:
             for step in range(start + 1, total + 1):
                 started = time.perf_counter()
+                # 1. rollout: sample this step's prompts' responses, score and shape them
                 rows = step_rows(step, batch, n, cfg.train.seed)
                 rows = rows[accelerator.process_index :: accelerator.num_processes]  # this process's share
                 with trainer.for_generation() as (gen_policy, gen_critic):
@@ -444,17 +447,16 @@ class PPO:
                         settings=cfg.generation,
                         reference=models.reference,
                     )
+                # 2. advantages: per-token KL-penalised rewards, GAE, returns
                 beta = kl_ctl.value
                 experience = trainer.experience(rollout, beta, cfg.kl.estimator)
                 kl = float(
                     accelerator.reduce(experience.kl.sum(dim=1).mean(), "mean")
                 )  # same in every process
+                # 3. guard: a KL beyond max_kl (or not finite) stops the run
                 note = f"the last good checkpoint is {saved}" if saved else "no checkpoint was written yet"
-                if not math.isfinite(kl) or (cfg.max_kl is not None and kl > cfg.max_kl):
-                    raise TrainingError(
-                        f"KL to the reference is {kl:.4g} nats per response at step {step}, beyond max_kl="
-                        f"{cfg.max_kl}: the policy drifted too far. Lower train.lr or raise kl.coef; {note}"
-                    )
+                check_kl(kl, cfg.max_kl, step, note)
+                # 4. update: PPO epochs of clipped policy and value steps on minibatches
                 training = time.perf_counter()
                 try:
                     stats = trainer.update(rollout, experience, step)
@@ -462,6 +464,7 @@ class PPO:
                     raise TrainingError(f"{err}; {note}") from err
                 seconds["training"] = time.perf_counter() - training
                 kl_ctl.update(kl, n_steps=len(rollout))
+                # 5. log: the step's history entry (gold every eval.gold_every steps), tracker, bar
                 entry = step_entry(step, rollout, kl, beta, stats, seconds, time.perf_counter() - started)
                 if (
                     on_testbed
@@ -477,11 +480,8 @@ class PPO:
                 progress.update(1)
                 gold = {"gold": f"{entry['gold_score']:.3f}"} if "gold_score" in entry else {}
                 progress.set_postfix(score=f"{entry['reward_score']:.3f}", kl=f"{kl:.3f}", **gold)
-                if (
-                    cfg.checkpoint_every > 0
-                    and (step % cfg.checkpoint_every == 0 or step == total)
-                    and not dist.is_distributed()  # not yet: DeepSpeed's optimizer states are sharded
-                ):
+                # 6. checkpoint every checkpoint_every steps, for an exact resume
+                if checkpoint_due(cfg, step, total):
                     saved = save_checkpoint(
                         ckpt_root,
                         step,
@@ -508,6 +508,7 @@ class PPO:
         metrics: dict[str, Any] = {
             "steps": total,
             "episodes": total * batch,
+            "batch_sizes": sizes,
             "prompts_dropped": dropped,
             "history": history,
             "trainable_parameters": trainable,
@@ -541,6 +542,43 @@ class PPOModels:
     scorer: Any
     shaper: ScoreShaper
     critic_from: str  # the reference the critic was initialised from
+
+
+def batch_sizes(cfg: PPOConfig, prompts: int, processes: int = 1) -> dict[str, int]:
+    """The sizes PPO's batch settings give, as the stage prints them at start (docs/stages/ppo.md).
+
+    ``train.batch_size`` counts prompts per rollout (all processes together), each sampled once;
+    ``ppo.mini_batch_size`` counts rollout rows per optimiser step, split into ``train.grad_accum``
+    micro-batches; ``ppo.epochs`` passes over each rollout.
+    """
+    batch, mini = cfg.train.batch_size, cfg.ppo.mini_batch_size
+    steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * prompts / batch)
+    per_rollout = cfg.ppo.epochs * math.ceil(batch / processes / mini)
+    return {
+        "prompts_per_rollout": batch,
+        "prompts_per_process": math.ceil(batch / processes),
+        "sequences_per_minibatch": mini,
+        "sequences_per_micro_batch": max(1, math.ceil(mini / max(1, cfg.train.grad_accum))),
+        "optimizer_steps_per_rollout": per_rollout,
+        "ppo_steps": steps,
+        "optimizer_steps": steps * per_rollout,
+    }
+
+
+def check_kl(kl: float, max_kl: float | None, step: int, note: str) -> None:
+    """Stop when the per-response KL to the reference is not finite or beyond ``max_kl``."""
+    if not math.isfinite(kl) or (max_kl is not None and kl > max_kl):
+        raise TrainingError(
+            f"KL to the reference is {kl:.4g} nats per response at step {step}, beyond max_kl="
+            f"{max_kl}: the policy drifted too far. Lower train.lr or raise kl.coef; {note}"
+        )
+
+
+def checkpoint_due(cfg: PPOConfig, step: int, total: int) -> bool:
+    """Every ``checkpoint_every`` steps and at the last one; not yet in multi-process runs, where
+    DeepSpeed's optimizer states are sharded."""
+    every = cfg.checkpoint_every
+    return every > 0 and (step % every == 0 or step == total) and not dist.is_distributed()
 
 
 @dataclass

@@ -66,3 +66,28 @@ def test_every_run_control_setting_is_marked_in_every_stage(name):
     for path, f, default in _fields(STAGES[name].config_cls):
         if path.rsplit(".", 1)[-1] in RUN_CONTROL_NAMES and not (name == "ppo" and path == "kl"):
             assert is_run_control(f, default), f"{name}: {path} is run control but not marked"
+
+
+def test_ppo_batch_sizes_are_derived_in_one_place():
+    from alignlab.stages.ppo import PPOConfig, batch_sizes
+
+    cfg = load_config(
+        PPOConfig, {"train": {"max_steps": 10, "batch_size": 16, "grad_accum": 2}, "ppo": {"epochs": 2}}
+    )
+    one, two = batch_sizes(cfg, prompts=100), batch_sizes(cfg, prompts=100, processes=2)
+    assert one == {
+        "prompts_per_rollout": 16,
+        "prompts_per_process": 16,
+        "sequences_per_minibatch": 8,
+        "sequences_per_micro_batch": 4,
+        "optimizer_steps_per_rollout": 4,
+        "ppo_steps": 10,
+        "optimizer_steps": 40,
+    }
+    assert (
+        two["prompts_per_process"] == 8
+        and two["optimizer_steps_per_rollout"] == 2
+        and two["optimizer_steps"] == 20
+    )
+    by_epochs = load_config(PPOConfig, {"train": {"max_steps": -1, "epochs": 2, "batch_size": 16}})
+    assert batch_sizes(by_epochs, prompts=100)["ppo_steps"] == 13  # ceil(2 * 100 / 16)
