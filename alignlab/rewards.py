@@ -25,9 +25,16 @@ Prompt = str | list[dict[str, Any]]  # a plain prompt, or a chat: the messages u
 
 
 class Scorer(Protocol):
-    """Scores (prompt, response) pairs; higher is better."""
+    """Scores (prompt, response) pairs; higher is better.
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]: ...
+    ``sees`` says what of a chat prompt the scorer reads: ``"chat"`` (every turn, as a reward
+    model was trained) or ``"last_user_turn"`` (the text of the last user turn, as a reward
+    function ``(prompts: list[str], responses: list[str])`` takes it).
+    """
+
+    sees: str
+
+    def __call__(self, prompts: list[Any], responses: list[str]) -> list[float]: ...
 
 
 def import_reward_fn(path: str) -> RewardFn:
@@ -49,6 +56,8 @@ def import_reward_fn(path: str) -> RewardFn:
 class FunctionScorer:
     """Wraps a user reward function; checks it returns one finite number per response."""
 
+    sees = "last_user_turn"
+
     def __init__(self, fn: RewardFn, name: str = "") -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", repr(fn))
@@ -66,6 +75,8 @@ class FunctionScorer:
 
 class RewardModelScorer:
     """Scores with a sequence-classification reward model (one scalar per chat transcript)."""
+
+    sees = "chat"
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32, max_length: int = 512) -> None:
         self.model = model.eval()
@@ -186,6 +197,18 @@ class RewardInput:
     fn: RewardFn | None = None
     source: RewardFunctionSource | None = None
 
+    @property
+    def id(self) -> str:
+        """The reward model's artifact id, or the function's import path."""
+        return self.target.id if self.target is not None else self.source.source  # type: ignore[union-attr]
+
+    @property
+    def ref(self) -> str:
+        """The reward model's reference, or the function's import path."""
+        if self.target is not None:
+            return getattr(self.target, "ref", None) or self.target.id
+        return self.source.source  # type: ignore[union-attr]
+
     def scorer(self, registry: Registry) -> Scorer:
         if self.fn is not None:
             return load_scorer(self.fn)
@@ -268,9 +291,11 @@ def _as_messages(prompt: Prompt) -> list[dict[str, Any]]:
 def score_chats(scorer: Scorer, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
     """Score responses to (chat) prompts with any scorer.
 
-    A reward model reads the whole chat, every turn, as it was trained on it; a reward function
-    (``(prompts: list[str], responses: list[str])``) gets each chat's last user turn.
+    What the scorer gets is what it declares it sees (``Scorer.sees``): a reward model reads the
+    whole chat, every turn, as it was trained on it; a reward function
+    (``(prompts: list[str], responses: list[str])``) gets each chat's last user turn, as does any
+    scorer that declares nothing.
     """
-    if isinstance(scorer, RewardModelScorer):
-        return scorer(list(prompts), list(responses))
+    if getattr(scorer, "sees", "last_user_turn") == "chat":
+        return list(scorer(list(prompts), list(responses)))
     return list(scorer([prompt_text(p) for p in prompts], list(responses)))

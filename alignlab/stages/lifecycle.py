@@ -170,12 +170,34 @@ def policy_output_kind(adapter: Any) -> str:
     return "adapter" if publishes_adapter(adapter) else "model"
 
 
+def recorded_sources(
+    inputs: Mapping[str, Any], data: Mapping[str, Any]
+) -> tuple[dict[str, Resolved], dict[str, Any]]:
+    """Inputs and data as the registry records them. A reward input
+    (:class:`alignlab.rewards.RewardInput`) travels to the stage as one input; here its reward
+    model becomes an input artifact (a parent) and its reward function a data source named by
+    its code (``reward_fn``), so either changes the fingerprint."""
+    from alignlab.rewards import RewardInput
+
+    out_inputs: dict[str, Resolved] = {}
+    out_data = dict(data)
+    for role, target in inputs.items():
+        if not isinstance(target, RewardInput):
+            out_inputs[role] = target
+        elif target.target is not None:
+            out_inputs[role] = target.target
+        else:
+            out_data[f"{role}_fn"] = target.source
+    return out_inputs, out_data
+
+
 def stage_fingerprint(
     stage: str, config: Any, inputs: Mapping[str, Resolved], data: Mapping[str, Any]
 ) -> str:
     """What decides a stage's result: its name, its config without run-control fields
     (:func:`alignlab.config.weights_config`: evaluation, tracking, logging, checkpoints and
     resume are left out), its input artifacts and its data. Equal fingerprints reuse the artifact."""
+    inputs, data = recorded_sources(inputs, data)
     return fingerprint(
         stage,
         weights_config(config),
@@ -218,6 +240,8 @@ def run_stage(
                 f"{fp}); every process must see the same registry (ALIGNLAB_HOME on shared storage)"
             )
         return published
+    stage_inputs, stage_data = inputs, data
+    inputs, data = recorded_sources(inputs, data)
     parents = [target.id for target in inputs.values()]
     for rec in data.values():  # a dataset artifact used as data is a parent too
         artifact = getattr(rec, "artifact", None)
@@ -233,7 +257,7 @@ def run_stage(
         config=resolved_config,
         fingerprint=fp,
     ) as pub:
-        body(StageRun(registry=registry, inputs=dict(inputs), data=dict(data), out=pub))
+        body(StageRun(registry=registry, inputs=dict(stage_inputs), data=dict(stage_data), out=pub))
         if current_world_size() > 1:
             pub.metrics["world_size"] = current_world_size()
     log.info("%s: published %s", stage, pub.artifact.ref)

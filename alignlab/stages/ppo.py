@@ -288,7 +288,7 @@ class PPO:
             inputs=plan.inputs,
             data=plan.data,
             force=force,
-            body=lambda run: self._train(run, cfg, plan.reward.fn, key, ckpt_root),
+            body=lambda run: self._train(run, cfg, key, ckpt_root),
         )
         remove_checkpoints(ckpt_root)  # published: nothing left to resume
         return artifact
@@ -315,19 +315,15 @@ class PPO:
 
         cfg = self.config
         quantization_kwargs(cfg.adapter)
-        scored_by = resolve_reward(registry, refs.pop("reward"))  # a reward model, or a function (data)
-        inputs = resolve_inputs(registry, self, refs)
-        if scored_by.target is not None:
-            inputs["reward"] = scored_by.target
+        reward = resolve_reward(registry, refs.pop("reward"))  # a reward model or a function: one input
+        inputs: dict[str, Any] = {**resolve_inputs(registry, self, refs), "reward": reward}
         check_inputs(cfg, inputs)
         data: dict[str, Any] = {"prompts": load_data(cfg.data, "prompt", registry)}
         if cfg.ptx.source:
             data["ptx"] = load_records(cfg.ptx.source, kind="text", registry=registry, limit=cfg.ptx.limit)
-        if scored_by.source is not None:
-            data["reward_fn"] = scored_by.source
-        return _Plan(inputs, data, scored_by)
+        return _Plan(inputs, data)
 
-    def _train(self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path) -> None:
+    def _train(self, run: StageRun, cfg: PPOConfig, key: str, ckpt_root: Path) -> None:
         from alignlab.models.accelerator import release_accelerator
 
         accelerator = dist.make_accelerator(
@@ -336,12 +332,12 @@ class PPO:
             micro_batch_size=max(1, cfg.ppo.mini_batch_size // max(1, cfg.train.grad_accum)),
         )
         try:  # the accelerate state is process-wide: start from a clean one, leave a clean one
-            self._train_with(run, cfg, reward_fn, key, ckpt_root, accelerator)
+            self._train_with(run, cfg, key, ckpt_root, accelerator)
         finally:
             release_accelerator()
 
     def _train_with(
-        self, run: StageRun, cfg: PPOConfig, reward_fn: Any, key: str, ckpt_root: Path, accelerator: Any
+        self, run: StageRun, cfg: PPOConfig, key: str, ckpt_root: Path, accelerator: Any
     ) -> None:
         from accelerate.utils import set_seed
 
@@ -360,7 +356,7 @@ class PPO:
         from alignlab.tracking import Tracker
 
         set_seed(cfg.train.seed)
-        models = build_models(run, cfg, reward_fn, accelerator)
+        models = build_models(run, cfg, accelerator)
         tok = models.tokenizer
         records = run.data["prompts"].records
         queries, prompts, dropped = encode_prompt_records(tok, records, cfg.data.max_prompt_length)
@@ -585,16 +581,15 @@ def checkpoint_due(cfg: PPOConfig, step: int, total: int) -> bool:
 class _Plan:
     """What PPO has checked and loaded before it trains."""
 
-    inputs: dict[str, Any]
+    inputs: dict[str, Any]  # "reward" is an alignlab.rewards.RewardInput: a model or a function
     data: dict[str, Any]
-    reward: Any  # alignlab.rewards.RewardInput
 
 
 def check_inputs(cfg: PPOConfig, inputs: dict[str, Any]) -> None:
     """The settings that depend on which inputs there are, checked before any work."""
     critic_source_of(cfg, inputs)
     if cfg.reward_normalization == RewardNormalization.REWARD_MODEL and not isinstance(
-        inputs.get("reward"), (Artifact, Planned)
+        inputs["reward"].target, (Artifact, Planned)
     ):
         raise ConfigError(
             "reward_normalization=reward_model needs a reward-model artifact (its metrics hold "
@@ -604,7 +599,7 @@ def check_inputs(cfg: PPOConfig, inputs: dict[str, Any]) -> None:
 
 def critic_source_of(cfg: PPOConfig, inputs: dict[str, Any]) -> Any:
     """Where the critic starts: the ``critic`` input, else the reward model or the policy (``critic_init``)."""
-    reward_model = inputs.get("reward")
+    reward_model = inputs["reward"].target
     init = cfg.critic_init or (CriticInit.REWARD if reward_model is not None else CriticInit.POLICY)
     if "critic" in inputs:
         return inputs["critic"]
@@ -623,8 +618,9 @@ def critic_source_of(cfg: PPOConfig, inputs: dict[str, Any]) -> Any:
     return inputs["model"]
 
 
-def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any) -> PPOModels:
-    """Load the policy, its reference, the critic and the scorer (the ``reward`` input, else ``reward_fn``).
+def build_models(run: StageRun, cfg: PPOConfig, accelerator: Any) -> PPOModels:
+    """Load the policy, its reference, the critic and the scorer (the ``reward`` input: a reward
+    model, or a function).
 
     The frozen models are placed (and autocast, under mixed precision) by ``accelerator`` like the
     trained ones, so the reference computes its log-probs exactly as the policy does.
@@ -633,7 +629,7 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
 
     from alignlab.models import load_causal_lm
     from alignlab.models.adapters import peft_config, quantization_kwargs
-    from alignlab.rewards import RewardModelScorer, load_reward_model, load_scorer
+    from alignlab.rewards import RewardModelScorer, load_reward_model
 
     lora = cfg.adapter.method != AdapterMethod.FULL
     policy, tok = load_causal_lm(
@@ -648,13 +644,14 @@ def build_models(run: StageRun, cfg: PPOConfig, reward_fn: Any, accelerator: Any
     if lora:
         policy = get_peft_model(policy, peft_config(cfg.adapter))
 
-    reward_model = run.inputs.get("reward")
+    reward = run.inputs["reward"]
+    reward_model = reward.target
     if reward_model is not None:
         rm, rm_tok = load_reward_model(reward_model, run.registry)
         rm = accelerator.prepare_model(rm.requires_grad_(False).eval(), evaluation_mode=True)
         scorer: Any = RewardModelScorer(rm, rm_tok, batch_size=cfg.generation.batch_size)
     else:
-        scorer = load_scorer(reward_fn)
+        scorer = reward.scorer(run.registry)
 
     critic_source = critic_source_of(cfg, run.inputs)
     critic, critic_tok = load_reward_model(critic_source, run.registry)

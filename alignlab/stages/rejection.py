@@ -227,12 +227,6 @@ class RejectionSampling:
         prompts = load_data(cfg.data, "prompt", registry)
         return inputs, reward_in, prompts
 
-    def _sources(self, reward: RewardInput, prompts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Reward inputs (an artifact: a parent) and data sources (a function: fingerprinted by code)."""
-        inputs = {"reward": reward.target} if reward.target is not None else {}
-        data = {"prompts": prompts, **({"reward_fn": reward.source} if reward.source is not None else {})}
-        return inputs, data
-
     def _sampling_round(
         self, registry: Registry, policy: Any, reward: RewardInput, prompts: Any, round_: int, force: bool
     ) -> Artifact:
@@ -243,8 +237,6 @@ class RejectionSampling:
             sampling=cfg.sampling,
             round=round_,
         )
-        reward_inputs, data = self._sources(reward, prompts)
-
         def body(run: StageRun) -> None:
             from alignlab.data import write_records
             from alignlab.data.sources import ARTIFACT_DATA_FILE
@@ -260,7 +252,7 @@ class RejectionSampling:
             samples, rewards = sample_and_score(
                 _on_accelerator(model),
                 tok,
-                reward.scorer(run.registry),
+                run.inputs["reward"].scorer(run.registry),
                 chats,
                 k=sampling.k,
                 temperature=sampling.temperature,
@@ -318,8 +310,8 @@ class RejectionSampling:
             kind="dataset",
             config=step,
             registry=registry,
-            inputs={"model": policy, **reward_inputs},
-            data=data,
+            inputs={"model": policy, "reward": reward},
+            data={"prompts": prompts},
             force=force,
             body=body,
         )
@@ -337,7 +329,6 @@ class RejectionSampling:
 
         cfg = self.config
         selected = load_records(samples.id, kind="sft", registry=registry)  # .artifact: a parent
-        reward_inputs, data = self._sources(reward, prompts)
 
         def body(run: StageRun) -> None:
             from alignlab.models import save_model
@@ -361,8 +352,8 @@ class RejectionSampling:
             kind=self.output_kind(),
             config=cfg,
             registry=registry,
-            inputs={"model": policy, **reward_inputs},
-            data={**data, "train": selected},
+            inputs={"model": policy, "reward": reward},
+            data={"prompts": prompts, "train": selected},
             force=force,
             body=body,
         )

@@ -98,3 +98,25 @@ def test_a_reward_function_in_a_top_level_module_is_not_taken_for_a_registry_ref
     for ref in ("reward:v3", "reward:latest", "reward:3"):  # versions stay registry references
         with pytest.raises(ReferenceNotFound):
             resolve_reward(registry, ref)
+
+
+def test_a_scorer_declares_what_of_a_chat_it_sees():
+    from alignlab.rewards import FunctionScorer, score_chats
+
+    chat = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "q?"},
+    ]
+    seen = {}
+
+    class ChatScorer:
+        sees = "chat"
+
+        def __call__(self, prompts, responses):
+            seen["chat"] = prompts
+            return [0.0] * len(responses)
+
+    score_chats(ChatScorer(), [chat], ["r"])
+    score_chats(FunctionScorer(lambda p, r: seen.setdefault("fn", p) and [0.0] * len(r)), [chat], ["r"])
+    assert seen["chat"] == [chat] and seen["fn"] == ["q?"]
