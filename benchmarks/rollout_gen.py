@@ -41,7 +41,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignlab.models.generation import left_pad
-    from alignlab.rl.rollout import GenerationSettings, response_mask, sample_responses
+    from alignlab.rl.rollout import response_mask, sample_responses
+    from alignlab.stages.ppo import GenerationSettings
 
     tok = AutoTokenizer.from_pretrained(args.fixture / "policy")
     model = AutoModelForCausalLM.from_pretrained(args.fixture / "policy").eval()

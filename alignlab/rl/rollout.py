@@ -15,6 +15,8 @@ Example:
     >>> shaper = ScoreShaper(RewardNormalization.RUNNING, clip=5.0)
     >>> rollout, seconds = collect_rollout(policy, tok, queries, prompts, critic=critic,
     ...     scorer=scorer, shaper=shaper, settings=GenerationSettings(max_new_tokens=32))  # doctest: +SKIP
+
+The settings are the PPO stage's (``alignlab.stages.ppo``); rl/ defines none of its own.
     >>> rollout.logprobs.shape == rollout.mask.shape  # doctest: +SKIP
     True
 """
@@ -25,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -35,28 +37,15 @@ from alignlab.rl.losses import logprobs_from_logits
 from alignlab.rl.normalization import ScoreShaper
 
 
-@dataclass
-class GenerationSettings:
-    """How responses are sampled during PPO.
+class Sampling(Protocol):
+    """What sampling reads of its settings (the PPO stage's ``generation`` group,
+    :class:`alignlab.stages.ppo.GenerationSettings`, documents each)."""
 
-    Attributes:
-        max_new_tokens: response budget; a response that hits it without EOS "never ended"
-            (see ``missing_eos_penalty``). Source — alignlab (a clean testbed answer is ~10 tokens;
-            TRL's last PPO used 53).
-        temperature: sampling temperature; log-probabilities are taken at the same temperature so
-            that the ratio is that of the sampling policy. Source — InstructGPT samples at 1.0
-            (on-policy); TRL's last PPO used 0.7.
-        top_p: nucleus sampling (1.0 = off). Truncation is not reflected in the log-probabilities,
-            as in TRL; keep it at 1.0 for exact on-policy ratios.
-        top_k: keep the k most likely tokens (0 = the full distribution, as in TRL).
-        batch_size: prompts per ``generate`` call and per inference forward pass.
-    """
-
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    batch_size: int = 64
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    batch_size: int
 
 
 @dataclass
@@ -203,7 +192,7 @@ def sample_responses(
     policy: Any,
     query: Tensor,
     query_mask: Tensor,
-    settings: GenerationSettings,
+    settings: Sampling,
     eos_ids: Sequence[int],
     pad_id: int,
 ) -> Tensor:
@@ -216,7 +205,7 @@ def sample_with_logprobs(
     policy: Any,
     query: Tensor,
     query_mask: Tensor,
-    settings: GenerationSettings,
+    settings: Sampling,
     eos_ids: Sequence[int],
     pad_id: int,
     *,
@@ -297,7 +286,7 @@ def collect_rollout(
     critic: Any,
     scorer: Scorer,
     shaper: ScoreShaper,
-    settings: GenerationSettings,
+    settings: Sampling,
     reference: Any | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample one response per prompt and compute everything PPO needs about it.

@@ -2,7 +2,8 @@
 
 :class:`PPOTrainer` holds the policy, the critic, one AdamW optimiser (a parameter group each,
 so each has its own learning rate), the learning-rate schedule and the ``accelerate.Accelerator``.
-It knows nothing about data sources, checkpoints or logging: the PPO stage drives it.
+It knows nothing about data sources, checkpoints, logging or configuration: the PPO stage drives
+it, and its settings are the stage's ``ppo`` group (:class:`alignlab.stages.ppo.PPOSettings`).
 
 Example:
     >>> trainer = PPOTrainer(policy, critic, PPOSettings(), lr=1e-5, total_updates=100)  # doctest: +SKIP
@@ -17,7 +18,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -37,40 +38,21 @@ from alignlab.rl.masked import masked_mean, masked_whiten
 from alignlab.rl.rollout import Rollout, chunks, policy_logits, position_ids, token_values
 
 
-@dataclass
-class PPOSettings:
-    """The PPO update.
+class UpdateSettings(Protocol):
+    """What the update reads of its settings (the PPO stage's ``ppo`` group,
+    :class:`alignlab.stages.ppo.PPOSettings`, documents each and its source)."""
 
-    Attributes:
-        epochs: PPO epochs over each rollout batch. Source — InstructGPT and DeepSpeed-Chat
-            (``ppo_epochs=1``); TRL's last PPO used 4.
-        mini_batch_size: rollout rows per optimiser step (split further by ``train.grad_accum``).
-            Source — alignlab, sized for CPU runs; TRL's last PPO used 1 minibatch per batch.
-        clip: ε of the clipped surrogate. Source — PPO paper, InstructGPT, DeepSpeed-Chat, TRL (0.2).
-        value_clip: ε of the clipped value loss, in value units (None = unclipped). Source —
-            DeepSpeed-Chat and TRL (``cliprange_value=0.2``).
-        vf_coef: weight of the value loss in the total loss. Source — TRL (0.1).
-        entropy_coef: weight of an entropy bonus. Source — InstructGPT, DeepSpeed-Chat and TRL use
-            none (0.0).
-        gamma: discount γ. Source — InstructGPT, DeepSpeed-Chat, TRL (1.0).
-        lam: GAE λ. Source — DeepSpeed-Chat and TRL (0.95).
-        whiten_advantages: standardise advantages over the rollout batch. Source — TRL (on).
-        advantage_estimator: a name in ``alignlab.rl.ADVANTAGE_ESTIMATORS`` (gae, reinforce, ...).
-        critic_lr: the critic's learning rate (None = ``train.lr``). DeepSpeed-Chat used 5e-6 for
-            the critic beside 9.65e-6 for the actor.
-    """
-
-    epochs: int = 1
-    mini_batch_size: int = 8
-    clip: float = 0.2
-    value_clip: float | None = 0.2
-    vf_coef: float = 0.1
-    entropy_coef: float = 0.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    advantage_estimator: str = "gae"
-    critic_lr: float | None = None
+    epochs: int
+    mini_batch_size: int
+    clip: float
+    value_clip: float | None
+    vf_coef: float
+    entropy_coef: float
+    gamma: float
+    lam: float
+    whiten_advantages: bool
+    advantage_estimator: str
+    critic_lr: float | None
 
 
 @dataclass
@@ -167,7 +149,7 @@ class PPOTrainer:
         self,
         policy: Any,
         critic: Any,
-        settings: PPOSettings,
+        settings: UpdateSettings,
         *,
         lr: float,
         total_updates: int,

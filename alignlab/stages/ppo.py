@@ -39,8 +39,6 @@ from alignlab.registry import Artifact, Registry
 from alignlab.rewards import resolve_reward
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
 from alignlab.rl.normalization import RewardNormalization, ScoreShaper, score_moments_from_metrics
-from alignlab.rl.rollout import GenerationSettings
-from alignlab.rl.trainer import PPOSettings
 from alignlab.stages.contract import Input, Planned
 from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
@@ -57,6 +55,66 @@ from alignlab.stages.lifecycle import (
 log = logging.getLogger("alignlab")
 
 StepCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class PPOSettings:
+    """The PPO update.
+
+    Attributes:
+        epochs: PPO epochs over each rollout batch. Source — InstructGPT and DeepSpeed-Chat
+            (``ppo_epochs=1``); TRL's last PPO used 4.
+        mini_batch_size: rollout rows per optimiser step (split further by ``train.grad_accum``).
+            Source — alignlab, sized for CPU runs; TRL's last PPO used 1 minibatch per batch.
+        clip: ε of the clipped surrogate. Source — PPO paper, InstructGPT, DeepSpeed-Chat, TRL (0.2).
+        value_clip: ε of the clipped value loss, in value units (None = unclipped). Source —
+            DeepSpeed-Chat and TRL (``cliprange_value=0.2``).
+        vf_coef: weight of the value loss in the total loss. Source — TRL (0.1).
+        entropy_coef: weight of an entropy bonus. Source — InstructGPT, DeepSpeed-Chat and TRL use
+            none (0.0).
+        gamma: discount γ. Source — InstructGPT, DeepSpeed-Chat, TRL (1.0).
+        lam: GAE λ. Source — DeepSpeed-Chat and TRL (0.95).
+        whiten_advantages: standardise advantages over the rollout batch. Source — TRL (on).
+        advantage_estimator: a name in ``alignlab.rl.ADVANTAGE_ESTIMATORS`` (gae, reinforce, ...).
+        critic_lr: the critic's learning rate (None = ``train.lr``). DeepSpeed-Chat used 5e-6 for
+            the critic beside 9.65e-6 for the actor.
+    """
+
+    epochs: int = 1
+    mini_batch_size: int = 8
+    clip: float = 0.2
+    value_clip: float | None = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    advantage_estimator: str = "gae"
+    critic_lr: float | None = None
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are sampled during PPO.
+
+    Attributes:
+        max_new_tokens: response budget; a response that hits it without EOS "never ended"
+            (see ``missing_eos_penalty``). Source — alignlab (a clean testbed answer is ~10 tokens;
+            TRL's last PPO used 53).
+        temperature: sampling temperature; log-probabilities are taken at the same temperature so
+            that the ratio is that of the sampling policy. Source — InstructGPT samples at 1.0
+            (on-policy); TRL's last PPO used 0.7.
+        top_p: nucleus sampling (1.0 = off). Truncation is not reflected in the log-probabilities,
+            as in TRL; keep it at 1.0 for exact on-policy ratios.
+        top_k: keep the k most likely tokens (0 = the full distribution, as in TRL).
+        batch_size: prompts per ``generate`` call and per inference forward pass.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 64
 
 
 @dataclass
@@ -336,9 +394,7 @@ class PPO:
         finally:
             release_accelerator()
 
-    def _train_with(
-        self, run: StageRun, cfg: PPOConfig, key: str, ckpt_root: Path, accelerator: Any
-    ) -> None:
+    def _train_with(self, run: StageRun, cfg: PPOConfig, key: str, ckpt_root: Path, accelerator: Any) -> None:
         from accelerate.utils import set_seed
 
         from alignlab.eval.ppo_report import plot_ppo_report, progress_bar, step_entry

@@ -237,6 +237,7 @@ class RejectionSampling:
             sampling=cfg.sampling,
             round=round_,
         )
+
         def body(run: StageRun) -> None:
             from alignlab.data import write_records
             from alignlab.data.sources import ARTIFACT_DATA_FILE

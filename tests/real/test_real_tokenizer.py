@@ -81,7 +81,8 @@ def test_sft_labels_through_trl_train_exactly_the_masked_tokens(smollm2_tokenize
 
 def test_generation_stops_at_im_end_and_ppo_masks_the_padding_after_it(smollm2):
     from alignlab.models import load_causal_lm
-    from alignlab.rl.rollout import GenerationSettings, response_mask, sample_with_logprobs
+    from alignlab.rl.rollout import response_mask, sample_with_logprobs
+    from alignlab.stages.ppo import GenerationSettings
 
     registry, art = smollm2
     model, tok = load_causal_lm(art.ref, registry)

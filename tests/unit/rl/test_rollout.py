@@ -12,7 +12,6 @@ from alignlab.rl.checkpoint import latest_checkpoint, load_checkpoint, restore_r
 from alignlab.rl.losses import logprobs_from_logits
 from alignlab.rl.normalization import RewardNormalization, ScoreShaper
 from alignlab.rl.rollout import (
-    GenerationSettings,
     collect_rollout,
     encode_prompt_records,
     policy_logits,
@@ -21,7 +20,8 @@ from alignlab.rl.rollout import (
     step_rows,
     token_values,
 )
-from alignlab.rl.trainer import PPOSettings, PPOTrainer
+from alignlab.rl.trainer import PPOTrainer
+from alignlab.stages.ppo import GenerationSettings, PPOSettings
 
 PROMPTS = ["What is 3 plus 4?", "What color does Mira like?", "Reverse the list owl, red, fig.", "Hi"]
 
