@@ -17,7 +17,7 @@ from alignlab.config import load_config
 from alignlab.registry import Artifact, ExternalRef, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.groups import EvalGroup
-from alignlab.stages.lifecycle import StageRun, resolve_inputs, run_stage
+from alignlab.stages.lifecycle import StageRun, publish_stage, resolve_inputs
 from alignlab.stages.tiny_base import save_base
 
 log = logging.getLogger("alignlab")
@@ -90,12 +90,9 @@ class ImportModel:
             run.metrics["architecture"] = type(loaded).__name__
             save_base(run, loaded, tok, cfg.eval)
 
-        return run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=self.output_kind(),
-            config=cfg,
-            registry=registry,
+        return publish_stage(
+            self,
+            registry,
             inputs=inputs,
             data=data,
             force=force,

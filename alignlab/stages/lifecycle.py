@@ -149,17 +149,13 @@ def run_policy_stage(
     ``body(run, config)`` trains and saves into ``run.dir``.
     """
     plan = prepare_policy_stage(stage, registry, model, data_kind=data_kind)
-    cfg = stage.config
-    return run_stage(
-        stage=stage.name,
-        name=cfg.output,
-        kind=stage.output_kind(),
-        config=cfg,
-        registry=plan.registry,
+    return publish_stage(
+        stage,
+        plan.registry,
         inputs=plan.inputs,
         data={"train": plan.records},
         force=force,
-        body=lambda run: body(run, cfg),
+        body=lambda run: body(run, stage.config),
     )
 
 
@@ -203,6 +199,30 @@ def stage_fingerprint(
         weights_config(config),
         {role: target.id for role, target in inputs.items()},
         sorted(f"{role}:{rec.fingerprint}" for role, rec in data.items()),
+    )
+
+
+def publish_stage(
+    stage: Any,
+    registry: Registry,
+    *,
+    inputs: Mapping[str, Any],
+    data: Mapping[str, Any],
+    force: bool,
+    body: Callable[[StageRun], None],
+) -> Artifact:
+    """:func:`run_stage` for a stage object: its recipe name, ``config.output``, ``output_kind()``
+    and config."""
+    return run_stage(
+        stage=stage.name,
+        name=stage.config.output,
+        kind=stage.output_kind(),
+        config=stage.config,
+        registry=registry,
+        inputs=inputs,
+        data=data,
+        force=force,
+        body=body,
     )
 
 

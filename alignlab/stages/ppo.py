@@ -47,8 +47,8 @@ from alignlab.stages.lifecycle import (
     StageRun,
     load_data,
     policy_output_kind,
+    publish_stage,
     resolve_inputs,
-    run_stage,
     stage_fingerprint,
 )
 
@@ -337,12 +337,9 @@ class PPO:
         plan = self._prepare(registry, model=model, reward=reward, critic=critic, reference=reference)
         key = checkpoint_key(cfg, plan.inputs, plan.data)
         ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
-        artifact = run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=self.output_kind(),
-            config=cfg,
-            registry=registry,
+        artifact = publish_stage(
+            self,
+            registry,
             inputs=plan.inputs,
             data=plan.data,
             force=force,

@@ -25,8 +25,8 @@ from alignlab.stages.lifecycle import (
     hf_training_args,
     log_history_metrics,
     policy_output_kind,
+    publish_stage,
     resolve_inputs,
-    run_stage,
 )
 
 log = logging.getLogger("alignlab")
@@ -181,12 +181,9 @@ class Pretrain:
         def body(run: StageRun) -> None:
             self._train(run, cfg)
 
-        return run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=self.output_kind(),
-            config=cfg,
-            registry=registry,
+        return publish_stage(
+            self,
+            registry,
             inputs=inputs,
             data=data,
             force=force,

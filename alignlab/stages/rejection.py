@@ -26,7 +26,14 @@ from alignlab.rewards import RewardFn, RewardInput, prompt_text, resolve_reward
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
-from alignlab.stages.lifecycle import StageRun, load_data, policy_output_kind, resolve_inputs, run_stage
+from alignlab.stages.lifecycle import (
+    StageRun,
+    load_data,
+    policy_output_kind,
+    publish_stage,
+    resolve_inputs,
+    run_stage,
+)
 
 log = logging.getLogger("alignlab")
 
@@ -347,12 +354,9 @@ class RejectionSampling:
             save_model(trained, tok, run.dir)
             run.metrics.update(metrics)
 
-        return run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=self.output_kind(),
-            config=cfg,
-            registry=registry,
+        return publish_stage(
+            self,
+            registry,
             inputs={"model": policy, "reward": reward},
             data={"prompts": prompts, "train": selected},
             force=force,

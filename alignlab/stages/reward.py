@@ -30,8 +30,8 @@ from alignlab.stages.lifecycle import (
     StageRun,
     load_data,
     log_history_metrics,
+    publish_stage,
     resolve_inputs,
-    run_stage,
 )
 from alignlab.stages.reward_data import DROPPED_DUPLICATES, Encoded, Ranking, collate, encode, gold_rankings
 
@@ -168,12 +168,9 @@ class RewardModel:
     ) -> Artifact:
         plan = self._prepare(registry, model)
         cfg = self.config
-        return run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=self.output_kind(),
-            config=cfg,
-            registry=plan.registry,
+        return publish_stage(
+            self,
+            plan.registry,
             inputs=plan.inputs,
             data={"train": plan.records},
             force=force,

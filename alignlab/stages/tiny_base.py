@@ -13,7 +13,7 @@ from alignlab.config import load_config
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.evaluation import gold_metrics
 from alignlab.stages.groups import EvalGroup
-from alignlab.stages.lifecycle import StageRun, run_stage
+from alignlab.stages.lifecycle import StageRun, publish_stage
 
 
 @dataclass
@@ -84,12 +84,9 @@ class TinyBase:
             )
             save_base(run, model, tok, cfg.eval)
 
-        return run_stage(
-            stage=self.name,
-            name=cfg.output,
-            kind=self.output_kind(),
-            config=cfg,
-            registry=registry,
+        return publish_stage(
+            self,
+            registry,
             inputs={},
             data={"tokenizer": text},
             force=force,
