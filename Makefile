@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test-deps test test-all rlhf real sft dpo rejection lint format docs bench clean
+.PHONY: install test-deps test test-all rlhf rlvr real sft dpo rejection lint format docs bench clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ test-all: install test-deps
 rlhf: install
 	$(VENV)/bin/alignlab run recipes/instructgpt.yaml
 	$(VENV)/bin/alignlab report ppo
+
+# RL with a verifiable reward: base -> Pretrain -> SFT -> GRPO against the testbed's correctness reward.
+rlvr: install
+	$(VENV)/bin/alignlab run recipes/rlvr.yaml
 
 # Bring-your-own-model demo: SmolLM2-135M-Instruct -> SFT (LoRA) -> reward model -> PPO (LoRA), on CPU.
 real: install

@@ -46,6 +46,11 @@ ENTRY_KEYS = ("name", "stage", "inputs", "config")
 TOP_LEVEL_KEYS = ("name", "description", "distributed", "stages")
 
 
+def map_refs(ref: str | list[str], fn: Any) -> Any:
+    """``fn`` of a reference, or of each reference of a list (a role that takes several)."""
+    return [fn(r) for r in ref] if isinstance(ref, list) else fn(ref)
+
+
 def stage_inputs(stage_cls: type) -> list[str]:
     """The input roles a stage takes (its declared ``inputs``: alignlab.stages.contract)."""
     return input_roles(stage_cls)
@@ -57,7 +62,7 @@ class Entry:
 
     name: str
     stage: str
-    inputs: dict[str, str]
+    inputs: dict[str, str | list[str]]
     instance: Any  # the configured stage object
 
     @property
@@ -179,8 +184,12 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
                     f"{at}.inputs: stage {stage!r} takes no input {role!r}"
                     f"{did_you_mean(role, roles)}; inputs: {', '.join(roles) or 'none'}"
                 )
+            several = next(i for i in cls.inputs if i.role == role).several
+            if several and isinstance(ref, list) and ref and all(isinstance(r, str) and r for r in ref):
+                continue
             if not isinstance(ref, str) or not ref:
-                raise ConfigError(f"{at}.inputs.{role}: expected a reference string, got {ref!r}")
+                wanted = "a reference string" + (" or a list of them" if several else "")
+                raise ConfigError(f"{at}.inputs.{role}: expected {wanted}, got {ref!r}")
         config = dict(item.get("config") or {})
         config.setdefault("output", name)
         if "distributed" in {f.name for f in dataclasses.fields(cls.config_cls)}:
@@ -194,7 +203,12 @@ def parse_recipe(raw: Any, overrides: Sequence[str] = (), where: str = "<recipe>
         except ConfigError as err:  # checks across groups (e.g. an adapter with ZeRO-3)
             raise ConfigError(f"{at}.config: {err}") from None
         entries.append(
-            Entry(name=name, stage=stage, inputs={k: str(v) for k, v in inputs.items()}, instance=instance)
+            Entry(
+                name=name,
+                stage=stage,
+                inputs={k: [str(r) for r in v] if isinstance(v, list) else str(v) for k, v in inputs.items()},
+                instance=instance,
+            )
         )
         seen.add(name)
     return Recipe(
@@ -222,7 +236,11 @@ def plan(recipe: Recipe) -> list[str]:
     lines = [f"recipe {recipe.name} ({len(recipe.entries)} stages)"]
     names = {e.name for e in recipe.entries}
     for i, e in enumerate(recipe.entries, 1):
-        ins = ", ".join(f"{role}={ref}{' (entry)' if ref in names else ''}" for role, ref in e.inputs.items())
+        ins = ", ".join(
+            f"{role}={r}{' (entry)' if r in names else ''}"
+            for role, ref in e.inputs.items()
+            for r in (ref if isinstance(ref, list) else [ref])
+        )
         lines.append(f"  {i}. {e.name}: {e.stage}({ins or 'no inputs'}) -> artifact '{e.config.output}'")
     return lines
 
@@ -243,7 +261,7 @@ def check_recipe(recipe: Recipe, registry: Registry) -> None:
 
     planned: dict[str, Planned] = {}
     for e in recipe.entries:
-        inputs = {role: planned.get(ref, ref) for role, ref in e.inputs.items()}
+        inputs = {role: map_refs(ref, lambda r: planned.get(r, r)) for role, ref in e.inputs.items()}
         try:
             e.instance.check(registry, **inputs)
         except HubUnreachable as err:  # offline: neither right nor wrong, so said and passed
@@ -296,7 +314,10 @@ def run_recipe(
     produced: dict[str, Artifact] = {}
     results: list[StageResult] = []
     for e in recipe.entries:
-        inputs = {role: produced[ref].id if ref in produced else ref for role, ref in e.inputs.items()}
+        inputs = {
+            role: map_refs(ref, lambda r: produced[r].id if r in produced else r)
+            for role, ref in e.inputs.items()
+        }
         entry_force = force if isinstance(force, bool) else e.name in force
         started = time.perf_counter()
         before = {a.id for a in registry.list(e.config.output)}

@@ -11,7 +11,7 @@ import hashlib
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,9 +61,17 @@ class FunctionScorer:
     def __init__(self, fn: RewardFn, name: str = "") -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", repr(fn))
+        self.reads = columns_read(fn)
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        scores = [float(s) for s in self.fn(list(prompts), list(responses))]
+    def __call__(self, prompts: list[str], responses: list[str], **columns: list[Any]) -> list[float]:
+        wanted = {k: v for k, v in columns.items() if self.reads is None or k in self.reads}
+        missing = sorted(set(self.reads or ()) - set(columns))
+        if missing:
+            raise ConfigError(
+                f"reward function {self.name} reads the prompt column(s) {missing}, which the prompt "
+                f"records do not have (they have: {sorted(columns) or 'only prompt'})"
+            )
+        scores = [float(s) for s in self.fn(list(prompts), list(responses), **wanted)]
         if len(scores) != len(responses):
             raise ConfigError(
                 f"reward function {self.name} returned {len(scores)} scores for {len(responses)} responses"
@@ -71,6 +79,40 @@ class FunctionScorer:
         if not all(torch.isfinite(torch.tensor(scores))):
             raise ConfigError(f"reward function {self.name} returned a non-finite score")
         return scores
+
+
+def columns_read(fn: Any) -> frozenset[str] | None:
+    """The prompt-record columns (``answer``, ...) a reward function takes as keyword arguments
+    beyond ``(prompts, responses)``; None when it takes ``**kwargs`` (it gets every column)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: prompts and responses only
+        return frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return frozenset(
+        p.name
+        for p in positional[2:] + [p for p in params if p.kind is p.KEYWORD_ONLY]
+        if p.default is inspect.Parameter.empty
+    )
+
+
+def check_reward_signature(fn: Any, name: str) -> None:
+    """Refuse a reward function that cannot be called as ``fn(prompts, responses)`` (with the
+    record columns it names as keywords), before anything trains."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    reads = columns_read(fn) or frozenset()
+    try:
+        signature.bind(["prompt"], ["response"], **dict.fromkeys(reads, ["column"]))
+    except TypeError as err:
+        raise ConfigError(
+            f"reward function {name} has the signature {signature}; a reward function is called as "
+            f"fn(prompts: list[str], responses: list[str]) -> list[float] ({err})"
+        ) from None
 
 
 class RewardModelScorer:
@@ -261,7 +303,9 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
     if isinstance(reward, str) and is_import_path(reward):
         reward = import_reward_fn(reward)
     if callable(reward) and not isinstance(reward, (str, Artifact)):
-        return RewardInput(fn=reward, source=function_source(reward))
+        source = function_source(reward)
+        check_reward_signature(reward, source.source)
+        return RewardInput(fn=reward, source=source)
     try:
         target = registry.resolve(reward)
     except ReferenceNotFound as err:
@@ -288,14 +332,128 @@ def _as_messages(prompt: Prompt) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-def score_chats(scorer: Scorer, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+def score_chats(
+    scorer: Scorer,
+    prompts: Sequence[Prompt],
+    responses: Sequence[str],
+    columns: Mapping[str, list[Any]] | None = None,
+) -> list[float]:
     """Score responses to (chat) prompts with any scorer.
 
     What the scorer gets is what it declares it sees (``Scorer.sees``): a reward model reads the
     whole chat, every turn, as it was trained on it; a reward function
     (``(prompts: list[str], responses: list[str])``) gets each chat's last user turn, as does any
-    scorer that declares nothing.
+    scorer that declares nothing. ``columns`` (the prompt records' other fields, one list each,
+    such as ``answer``) go to the scorers that take keyword arguments.
     """
+    extra = dict(columns or {})
+    takes = isinstance(scorer, (FunctionScorer, CombinedScorer))
     if getattr(scorer, "sees", "last_user_turn") == "chat":
-        return list(scorer(list(prompts), list(responses)))
-    return list(scorer([prompt_text(p) for p in prompts], list(responses)))
+        return list(
+            scorer(list(prompts), list(responses), **extra)
+            if takes
+            else scorer(list(prompts), list(responses))
+        )
+    texts = [prompt_text(p) for p in prompts]
+    return list(scorer(texts, list(responses), **extra) if takes else scorer(texts, list(responses)))
+
+
+class CombinedScorer:
+    """Several scorers as one: the weighted sum of their scores (each reads what it sees). The
+    last call's mean score of each part stays in ``last_means``, for the step's log.
+
+    Args:
+        parts: (name, scorer) pairs; ``weights`` one per part (None = all 1).
+    """
+
+    sees = "chat"
+
+    def __init__(self, parts: Sequence[tuple[str, Scorer]], weights: Sequence[float] | None = None) -> None:
+        if weights is not None and len(weights) != len(parts):
+            raise ConfigError(f"reward_weights has {len(weights)} weights for {len(parts)} rewards")
+        self.parts = list(parts)
+        self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(parts)
+        self.last_means: dict[str, float] = {}
+
+    def __call__(self, prompts: list[Any], responses: list[str], **columns: list[Any]) -> list[float]:
+        total = [0.0] * len(responses)
+        self.last_means = {}
+        for (name, scorer), weight in zip(self.parts, self.weights):
+            scores = score_chats(scorer, prompts, responses, columns)
+            self.last_means[name] = sum(scores) / max(1, len(scores))
+            total = [t + weight * x for t, x in zip(total, scores)]
+        return total
+
+
+# ---- verifiable rewards: (prompts, responses, answer) -> scores -----------------------------------------------------
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_ANSWER_IS = re.compile(r"(?:####|\banswer\s+is\b:?)\s*(.+)", re.IGNORECASE | re.DOTALL)
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def extract_answer(response: str) -> str:
+    """The final answer of a response: the last ``\\boxed{...}``, else what follows ``####`` or
+    "the answer is", else the whole response; cut at the first line end, stripped of spaces and
+    a closing period."""
+    boxed = _BOXED.findall(response)
+    if boxed:
+        return boxed[-1].strip()
+    found = _ANSWER_IS.search(response)
+    text = found.group(1) if found else response
+    return text.strip().split("\n", 1)[0].strip().rstrip(".").strip()
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s-]", " ", text.lower()).split())
+
+
+def exact_match(prompts: list[str], responses: list[str], answer: list[Any]) -> list[float]:
+    """1.0 where the response's final answer (:func:`extract_answer`) equals the record's
+    ``answer`` column, case, punctuation and spacing aside; else 0.0."""
+    return [float(_normalise(extract_answer(r)) == _normalise(str(a))) for r, a in zip(responses, answer)]
+
+
+def numeric_match(prompts: list[str], responses: list[str], answer: list[Any]) -> list[float]:
+    """1.0 where the last number of the response's final answer equals the ``answer`` column's
+    number (within 1e-6; thousands separators allowed); else 0.0."""
+    scores = []
+    for response, expected in zip(responses, answer):
+        found = _NUMBER.findall(extract_answer(response))
+        want = _NUMBER.findall(str(expected))
+        ok = (
+            bool(found and want)
+            and abs(float(found[-1].replace(",", "")) - float(want[-1].replace(",", ""))) < 1e-6
+        )
+        scores.append(float(ok))
+    return scores
+
+
+@dataclass(frozen=True)
+class RegexFormat:
+    """1.0 for responses that match ``pattern`` (``re.search``, or the whole response with
+    ``full``), else 0.0: a format reward (DeepSeek-R1's ``<think>...</think>`` check is one)."""
+
+    pattern: str
+    full: bool = False
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        rx = re.compile(self.pattern, re.DOTALL)
+        match = rx.fullmatch if self.full else rx.search
+        return [float(match(r.strip()) is not None) for r in responses]
+
+
+@dataclass(frozen=True)
+class LengthPenalty:
+    """0 up to ``target_words`` words, then ``-(words - target) / target``, down to -1."""
+
+    target_words: int = 50
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        t = max(1, self.target_words)
+        return [max(-1.0, min(0.0, (t - len(r.split())) / t)) for r in responses]
+
+
+answer_format = RegexFormat(r"(?i)\banswer\s+is\b")  # "... the answer is X."
+think_answer_format = RegexFormat(r"<think>.*?</think>\s*<answer>.*?</answer>", full=True)  # DeepSeek-R1
+length_penalty = LengthPenalty()

@@ -133,6 +133,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8, help="samples per prompt for the reward probe (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pass-at-k",
+        type=int,
+        default=0,
+        metavar="S",
+        help="also sample S answers per prompt and report pass@1..S of exactly right answers per family",
+    )
     return parser
 
 
@@ -301,6 +308,22 @@ def _gold(args: argparse.Namespace) -> int:
         )
     metrics = result.to_metrics()
     output: Any = result
+    if args.pass_at_k:
+        from alignlab.eval.gold_breakdown import correctness_pass_at_k
+
+        passes = correctness_pass_at_k(
+            args.ref, args.n, args.pass_at_k, registry, max_new_tokens=args.max_new_tokens, seed=args.seed
+        )
+        ks = list(passes.overall)
+        lines.append(
+            f"pass@k of exactly right answers ({passes.samples} samples per prompt, temperature 1; "
+            f"greedy accuracy {passes.greedy_accuracy:.3f}):"
+        )
+        lines.append(f"  {'family':14s} " + " ".join(f"{'pass@' + str(k):>8s}" for k in ks))
+        for name, curve in [("all", passes.overall), *passes.families.items()]:
+            lines.append(f"  {name:14s} " + " ".join(f"{curve[k]:8.3f}" for k in ks))
+        metrics = {**metrics, **passes.to_metrics()}
+        output = {"breakdown": _as_json(result), "pass_at_k": _as_json(passes)}
     if args.reward:
         probe = reward_sees_correctness(
             args.ref,
@@ -318,7 +341,10 @@ def _gold(args: argparse.Namespace) -> int:
             f"sampled accuracy {probe.sampled_accuracy:.3f})"
         )
         metrics = {**metrics, **probe.to_metrics(), "correctness_reward": args.reward}
-        output = {"breakdown": _as_json(result), "probe": _as_json(probe)}
+        output = {
+            **(output if isinstance(output, dict) else {"breakdown": _as_json(result)}),
+            "probe": _as_json(probe),
+        }
     return _finish(args, registry, output, metrics, "eval.gold", lines)
 
 

@@ -93,7 +93,14 @@ def register_format(spec: FormatSpec) -> FormatSpec:
 
 
 def _parse_prompt(record: dict[str, Any], where: str) -> PromptOnly:
-    return PromptOnly(as_prompt(require(record, "prompt", where), "prompt", where))
+    answer = record.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise RecordError(
+            where,
+            DropReason.WRONG_TYPE,
+            f"field 'answer' must be a string or a number, got {type(answer).__name__}",
+        )
+    return PromptOnly(as_prompt(require(record, "prompt", where), "prompt", where), answer)
 
 
 def _parse_text(record: dict[str, Any], where: str) -> Text:

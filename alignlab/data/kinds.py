@@ -73,9 +73,11 @@ class Ranking:
 
 @dataclass
 class PromptOnly:
-    """A prompt without a response (prompt)."""
+    """A prompt without a response (prompt); ``answer`` is the reference answer a verifiable
+    reward checks against, when the record has one."""
 
     prompt: Messages
+    answer: Any = None
 
 
 @dataclass
@@ -176,5 +178,5 @@ def to_kind(parsed: Parsed, kind: RecordKind, where: str, *, fmt: str = "") -> l
             raise _identical(where)
         return pairs
     if isinstance(parsed, PromptOnly):
-        return [{"prompt": parsed.prompt}]
+        return [{"prompt": parsed.prompt} | ({} if parsed.answer is None else {"answer": parsed.answer})]
     return [{"text": parsed.text}]

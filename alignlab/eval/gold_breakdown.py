@@ -154,7 +154,6 @@ def reward_sees_correctness(
     Only pairs where both answers have a perfect format (``format * on_topic == 1``) count, so the
     reward cannot tell them apart by style.
     """
-    from alignlab.models import generate
     from alignlab.rewards import load_scorer
     from alignlab.testbed.data import eval_prompts
     from alignlab.testbed.gold import judge
@@ -166,19 +165,7 @@ def reward_sees_correctness(
     prompts = eval_prompts(n)
     wins = 0.0
     pairs = correct = 0
-    samples = [
-        generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            do_sample=True,
-            temperature=temperature,
-            seed=seed + round_,
-        )
-        for round_ in range(k)
-    ]
+    samples = sampled_rounds(model, tokenizer, prompts, k, temperature, max_new_tokens, batch_size, seed)
     scores = [scorer(prompts, responses) for responses in samples]
     for i, prompt in enumerate(prompts):
         judged = [judge(prompt, samples[r][i]) for r in range(k)]
@@ -194,6 +181,112 @@ def reward_sees_correctness(
     return CorrectnessProbe(
         pairs, wins / pairs if pairs else None, len(prompts), k, correct / (len(prompts) * k)
     )
+
+
+def pass_at_k(correct: int, samples: int, k: int) -> float:
+    """Unbiased pass@k from ``correct`` right answers among ``samples`` (Chen et al. 2021):
+    ``1 - C(n - c, k) / C(n, k)``, the chance that k of the samples hold at least one right one."""
+    from math import comb
+
+    if not 1 <= k <= samples:
+        raise ConfigError(f"pass@{k} needs 1 <= k <= {samples} (the samples per prompt)")
+    return 1.0 - comb(samples - correct, k) / comb(samples, k)
+
+
+@dataclass(frozen=True)
+class PassAtK:
+    """pass@k of exactly right answers, overall and per task family (testbed held-out prompts).
+
+    Attributes:
+        prompts, samples: held-out prompts and sampled answers per prompt (temperature 1).
+        overall: k -> pass@k over all prompts; ``families``: family -> k -> pass@k.
+        greedy_accuracy: the greedy answers' accuracy on the same prompts, for comparison.
+    """
+
+    prompts: int
+    samples: int
+    overall: dict[int, float]
+    families: dict[str, dict[int, float]]
+    greedy_accuracy: float
+
+    def to_metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"pass@{k}": v for k, v in self.overall.items()}
+        for name, curve in self.families.items():
+            out.update({f"pass@{k}/{name}": v for k, v in curve.items()})
+        return out
+
+
+def correctness_pass_at_k(
+    policy: Any,
+    n: int = 200,
+    samples: int = 8,
+    registry: Registry | None = None,
+    *,
+    tokenizer: Any = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> PassAtK:
+    """Sample ``samples`` answers per held-out prompt: how often do k of them hold an exactly
+    right one? What RL with a verifiable reward can teach from (a policy that never samples the
+    right answer gets no signal for it), against the greedy accuracy it has."""
+    from alignlab.eval.best_of_n import curve_sizes
+    from alignlab.models import generate
+    from alignlab.testbed.data import eval_prompts
+    from alignlab.testbed.gold import is_correct
+    from alignlab.testbed.world import parse_prompt
+
+    model, tokenizer = _load_policy(policy, registry, tokenizer)
+    prompts = eval_prompts(n)
+    greedy = generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=False
+    )
+    draws = sampled_rounds(model, tokenizer, prompts, samples, temperature, max_new_tokens, batch_size, seed)
+    sizes = curve_sizes(samples)
+    right = [sum(is_correct(p, d[i]) for d in draws) for i, p in enumerate(prompts)]
+    by_family: dict[str, list[int]] = defaultdict(list)
+    for prompt, c in zip(prompts, right):
+        by_family[str(parse_prompt(prompt).family)].append(c)
+
+    def curve(counts: list[int]) -> dict[int, float]:
+        return {k: _mean([pass_at_k(c, samples, k) for c in counts]) for k in sizes}
+
+    return PassAtK(
+        len(prompts),
+        samples,
+        curve(right),
+        {name: curve(counts) for name, counts in sorted(by_family.items())},
+        _mean([float(is_correct(p, r)) for p, r in zip(prompts, greedy)]),
+    )
+
+
+def sampled_rounds(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+) -> list[list[str]]:
+    """``k`` rounds of one sampled answer per prompt (round r seeded ``seed + r``): (k, prompts)."""
+    from alignlab.models import generate
+
+    return [
+        generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            do_sample=True,
+            temperature=temperature,
+            seed=seed + round_,
+        )
+        for round_ in range(k)
+    ]
 
 
 def _load_policy(policy: Any, registry: Registry | None, tokenizer: Any) -> tuple[Any, Any]:

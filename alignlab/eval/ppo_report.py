@@ -96,8 +96,8 @@ def step_entry(
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in entry.items()}
 
 
-def progress_bar(start: int, total: int) -> Any:
-    """The console progress bar over PPO steps (starts at ``start`` when resuming)."""
+def progress_bar(start: int, total: int, desc: str = "ppo") -> Any:
+    """The console progress bar over RL steps (starts at ``start`` when resuming)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="ppo", unit="step")
+    return tqdm(total=total, initial=start, desc=desc, unit="step")

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import torch
 from torch import Tensor
 
@@ -138,3 +140,105 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     if float(var_returns) == 0.0:
         return float("nan")
     return float(1.0 - masked_var(returns - values, mask, unbiased=False) / var_returns)
+
+
+class LossAggregation(StrEnum):
+    """How a critic-free loss averages its per-token terms over a batch of responses."""
+
+    TOKEN_MEAN = "token_mean"  # Σ over all tokens / number of tokens (DAPO; TRL's "dapo")
+    SEQUENCE_MEAN = "sequence_mean"  # mean over responses of each response's token mean (GRPO)
+    CONSTANT = "constant"  # Σ over all tokens / (B · max_new_tokens) (Dr. GRPO)
+
+
+class ImportanceSampling(StrEnum):
+    """Where the ratio π/π_old is taken: per token (PPO, GRPO) or per sequence (GSPO)."""
+
+    TOKEN = "token"
+    SEQUENCE = "sequence"  # exp(mean_t log ratio) for every token of a response (Zheng et al. 2025)
+
+
+def aggregate(per_token: Tensor, mask: Tensor, how: LossAggregation | str, max_tokens: int = 0) -> Tensor:
+    """Reduce a (B, T) per-token loss to a scalar (see :class:`LossAggregation`).
+
+    ``max_tokens`` is the constant divisor per response of ``constant`` (the generation budget);
+    0 means the padded width T.
+    """
+    mask = mask.to(per_token.dtype)
+    if how == LossAggregation.TOKEN_MEAN:
+        return (per_token * mask).sum() / mask.sum().clamp_min(1)
+    if how == LossAggregation.SEQUENCE_MEAN:
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+    if how == LossAggregation.CONSTANT:
+        return (per_token * mask).sum() / (per_token.shape[0] * (max_tokens or per_token.shape[1]))
+    raise ValueError(f"unknown loss aggregation {how!r}; choose one of {[a.value for a in LossAggregation]}")
+
+
+def clipped_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    importance_sampling: ImportanceSampling | str = ImportanceSampling.TOKEN,
+    aggregation: LossAggregation | str = LossAggregation.TOKEN_MEAN,
+    max_tokens: int = 0,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The critic-free clipped surrogate (GRPO, DAPO, Dr. GRPO, GSPO), to minimise.
+
+    Per token: ``-min(ratio·A, clip(ratio, 1 - clip_low, 1 + clip_high)·A) + β·k3``, with
+    ``k3 = exp(ref - logp) - (ref - logp) - 1`` (the per-token KL estimate of DeepSeekMath's GRPO),
+    then reduced by ``aggregation``. DAPO's clip-higher is ``clip_high > clip_low``.
+
+    Args:
+        logprobs: (B, T) log π of the sampled tokens (with gradient).
+        old_logprobs: (B, T) the same under the sampling policy (constant).
+        advantages: (B,) one per response (constant), or (B, T).
+        mask: (B, T) 1 on the tokens that count.
+        clip_low, clip_high: the ratio's lower and upper clip ranges.
+        importance_sampling: ``token`` ratios, or GSPO's ``sequence`` ratio
+            ``exp(mean_t (logp - old))`` shared by a response's tokens.
+        aggregation: see :class:`LossAggregation`; ``max_tokens`` for ``constant``.
+        ref_logprobs: (B, T) under the frozen reference; needed when ``kl_coef`` > 0.
+        kl_coef: β of the k3 KL term (0 = none).
+
+    Returns:
+        The scalar loss, and stats: ``clip_fraction_low`` / ``clip_fraction_high`` (share of
+        tokens where the lower / upper clip binds), ``ratio_mean``, ``kl_term`` (mean k3 of the
+        loss's KL term, 0 without one).
+    """
+    maskb = mask.bool()
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(logprobs)
+    advantages = torch.where(maskb, advantages.detach(), 0)
+    log_ratio = torch.where(maskb, logprobs - old_logprobs.detach(), 0)
+    if importance_sampling == ImportanceSampling.SEQUENCE:
+        per_seq = log_ratio.sum(1, keepdim=True) / maskb.sum(1, keepdim=True).clamp_min(1)
+        log_ratio = torch.where(maskb, per_seq.expand_as(log_ratio), 0)
+    elif importance_sampling != ImportanceSampling.TOKEN:
+        raise ValueError(f"unknown importance_sampling {importance_sampling!r}; choose token or sequence")
+    ratio = torch.exp(log_ratio)
+    clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = -torch.minimum(ratio * advantages, clipped_ratio * advantages)
+    kl = torch.zeros((), device=logprobs.device)
+    if kl_coef:
+        if ref_logprobs is None:
+            raise ValueError("kl_coef > 0 needs ref_logprobs")
+        delta = torch.where(maskb, ref_logprobs.detach() - logprobs, 0)
+        k3 = torch.exp(delta) - delta - 1.0
+        per_token = per_token + kl_coef * k3
+        kl = masked_mean(k3.detach(), maskb)
+    loss = aggregate(per_token, maskb, aggregation, max_tokens)
+    with torch.no_grad():
+        low = (ratio < 1.0 - clip_low) & (advantages < 0)
+        high = (ratio > 1.0 + clip_high) & (advantages > 0)
+        stats = {
+            "clip_fraction_low": masked_mean(low.float(), maskb).item(),
+            "clip_fraction_high": masked_mean(high.float(), maskb).item(),
+            "ratio_mean": masked_mean(ratio, maskb).item(),
+            "kl_term": float(kl),
+        }
+    return loss, stats

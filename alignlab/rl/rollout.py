@@ -254,26 +254,35 @@ def sample_with_logprobs(
 def rollout_forward(
     policy: Any,
     reference: Any | None,
-    critic: Any,
+    critic: Any | None,
     query: Tensor,
     query_mask: Tensor,
     response: Tensor,
     mask: Tensor,
     temperature: float,
     batch_size: int,
+    *,
+    with_reference: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Reference log-probs and values, (B, T) each, in batched inference passes (the old log-probs
-    come with the sampling: :func:`sample_with_logprobs`)."""
+    come with the sampling: :func:`sample_with_logprobs`). Without a critic the values are 0;
+    with ``with_reference=False`` (a critic-free run with no KL term) so are the reference log-probs."""
     ids = torch.cat([query, response], dim=1)
     attn = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
     T = response.shape[1]
     ref_logprobs, values = [], []
     for part in chunks(ids.shape[0], batch_size):
-        with reference_model(policy, reference) as ref:
-            ref_logits = policy_logits(ref, ids[part], attn[part], T, temperature)
-        ref_logprobs.append(logprobs_from_logits(ref_logits, response[part]))
-        del ref_logits
-        values.append(token_values(critic, ids[part], attn[part], T))
+        if with_reference:
+            with reference_model(policy, reference) as ref:
+                ref_logits = policy_logits(ref, ids[part], attn[part], T, temperature)
+            ref_logprobs.append(logprobs_from_logits(ref_logits, response[part]))
+            del ref_logits
+        else:
+            ref_logprobs.append(torch.zeros(response[part].shape, device=ids.device))
+        if critic is not None:
+            values.append(token_values(critic, ids[part], attn[part], T))
+        else:
+            values.append(torch.zeros(response[part].shape, device=ids.device))
     return torch.cat(ref_logprobs), torch.cat(values)
 
 
@@ -283,11 +292,13 @@ def collect_rollout(
     queries: Sequence[Sequence[int]],
     prompts: Sequence[Prompt],
     *,
-    critic: Any,
+    critic: Any | None,
     scorer: Scorer,
     shaper: ScoreShaper,
     settings: Sampling,
     reference: Any | None = None,
+    with_reference: bool = True,
+    columns: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample one response per prompt and compute everything PPO needs about it.
 
@@ -296,12 +307,15 @@ def collect_rollout(
         tokenizer: its tokenizer (pad and EOS ids, decoding).
         queries: B prompts as token ids (chat template applied).
         prompts: the same B prompts as chats (or strings), for the scorer.
-        critic: the value model (see :func:`token_values`).
+        critic: the value model (see :func:`token_values`); None: no values (critic-free RL).
         scorer: a reward model scorer (reads every chat turn) or a reward function (reads each
             chat's last user turn); see :func:`alignlab.rewards.score_chats`.
         shaper: turns raw scores into the scores PPO optimises.
         settings: sampling settings.
         reference: the frozen reference policy; None = ``policy`` with its adapter disabled.
+        with_reference: False skips the reference pass (its log-probs are 0: no KL is used).
+        columns: each prompt record's other fields (``answer``, ...), for reward functions
+            that read them.
 
     Returns:
         The rollout, and seconds spent per phase: ``generation``, ``forward`` (reference log-probs
@@ -334,12 +348,14 @@ def collect_rollout(
         mask,
         settings.temperature,
         settings.batch_size,
+        with_reference=with_reference,
     )
     seconds["forward"] = time.perf_counter() - start
 
     start = time.perf_counter()
     responses = [text.strip() for text in tokenizer.batch_decode(response, skip_special_tokens=True)]
-    raw = torch.tensor(score_chats(scorer, prompts, responses), dtype=torch.float32, device=device)
+    by_column = {k: [c[k] for c in columns] for k in (columns[0] if columns else {})}
+    raw = torch.tensor(score_chats(scorer, prompts, responses, by_column), dtype=torch.float32, device=device)
     scores = shaper(raw, ended)
     seconds["scoring"] = time.perf_counter() - start
     rollout = Rollout(
@@ -359,10 +375,47 @@ def collect_rollout(
     return rollout, seconds
 
 
+def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """One rollout of several (rows in order): prompts left-padded and responses right-padded to
+    the widest, as :func:`collect_rollout` pads one."""
+    if len(parts) == 1:
+        return parts[0]
+    P = max(p.query.shape[1] for p in parts)
+    T = max(p.response.shape[1] for p in parts)
+    pad = torch.nn.functional.pad
+
+    def left(x: Tensor, value: int) -> Tensor:
+        return pad(x, (P - x.shape[1], 0), value=value)
+
+    def right(x: Tensor, value: float) -> Tensor:
+        return pad(x, (0, T - x.shape[1]), value=value)
+
+    return Rollout(
+        query=torch.cat([left(p.query, pad_id) for p in parts]),
+        query_mask=torch.cat([left(p.query_mask, 0) for p in parts]),
+        response=torch.cat([right(p.response, pad_id) for p in parts]),
+        mask=torch.cat([right(p.mask, 0) for p in parts]),
+        logprobs=torch.cat([right(p.logprobs, 0.0) for p in parts]),
+        ref_logprobs=torch.cat([right(p.ref_logprobs, 0.0) for p in parts]),
+        values=torch.cat([right(p.values, 0.0) for p in parts]),
+        raw_scores=torch.cat([p.raw_scores for p in parts]),
+        scores=torch.cat([p.scores for p in parts]),
+        ended=torch.cat([p.ended for p in parts]),
+        prompts=[x for p in parts for x in p.prompts],
+        responses=[x for p in parts for x in p.responses],
+    )
+
+
 def step_rows(step: int, batch: int, n: int, seed: int) -> list[int]:
     """Prompt indices of ``step`` (1-based): consecutive slices of a seeded shuffle per epoch."""
+    return shuffled_rows((step - 1) * batch, batch, n, seed)
+
+
+def shuffled_rows(start: int, k: int, n: int, seed: int) -> list[int]:
+    """Prompts ``start .. start + k - 1`` of the stream that goes through a seeded shuffle of
+    ``range(n)`` per epoch."""
     rows, orders = [], {}
-    for i in range((step - 1) * batch, step * batch):
+    for i in range(start, start + k):
         epoch = i // n
         if epoch not in orders:
             orders[epoch] = torch.randperm(
@@ -383,8 +436,18 @@ def encode_prompt_records(
         :func:`alignlab.rewards.score_chats`), and how many prompts were dropped for being longer
         than ``max_length`` tokens.
     """
+    queries, prompts, _, dropped = encode_prompt_rows(tokenizer, records, max_length)
+    return queries, prompts, dropped
+
+
+def encode_prompt_rows(
+    tokenizer: Any, records: Sequence[dict[str, Any]], max_length: int
+) -> tuple[list[list[int]], list[Any], list[dict[str, Any]], int]:
+    """:func:`encode_prompt_records`, with each kept record's other columns (``answer``, ...) as
+    well, for the reward functions that read them."""
     from alignlab.models.generation import encode_prompts as encode
 
     encoded = encode(tokenizer, [r["prompt"] for r in records])
     kept = [(ids, r) for ids, r in zip(encoded, records) if len(ids) <= max_length]
-    return [ids for ids, _ in kept], [r["prompt"] for _, r in kept], len(records) - len(kept)
+    columns = [{k: v for k, v in r.items() if k != "prompt"} for _, r in kept]
+    return [ids for ids, _ in kept], [r["prompt"] for _, r in kept], columns, len(records) - len(kept)

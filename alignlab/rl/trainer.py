@@ -28,6 +28,7 @@ from alignlab.models.accelerator import fresh_accelerator
 from alignlab.rl.advantages import get_advantage_estimator, per_token_rewards
 from alignlab.rl.kl import KLEstimator
 from alignlab.rl.losses import (
+    clipped_policy_loss,
     explained_variance,
     logprobs_from_logits,
     masked_entropy,
@@ -63,6 +64,15 @@ class Experience:
     kl: Tensor
     advantages: Tensor
     returns: Tensor
+
+
+@dataclass
+class GroupExperience:
+    """What the critic-free update trains on besides the rollout: one advantage per response
+    (B,), and a (B,) 0/1 weight of the responses whose tokens count (0: masked, e.g. truncated)."""
+
+    advantages: Tensor
+    keep: Tensor
 
 
 class PTXBatches:
@@ -125,18 +135,23 @@ class PolicyAndCritic(torch.nn.Module):
         self.config = policy.config  # DeepSpeed's "auto" bucket sizes are read from the hidden size
 
 
-class PPOTrainer:
-    """Policy + critic + optimiser + schedule; turns rollouts into parameter updates.
+class PolicyTrainer:
+    """The update machinery PPO and the critic-free stage share: the trained models, one AdamW
+    optimiser (a parameter group each, so each has its own learning rate), the learning-rate
+    schedule, the ``accelerate.Accelerator``, and epochs of minibatch steps over a rollout.
+
+    A subclass says what a minibatch's loss is (:meth:`loss`); everything else is here.
 
     Under DeepSpeed (``accelerator`` built from a ``distributed`` group) policy and critic are one
     engine (:class:`PolicyAndCritic`); DeepSpeed clips the gradient norm of both together.
 
     Args:
         policy: the causal LM being trained (a peft model for LoRA).
-        critic: the value model (see :func:`alignlab.rl.rollout.token_values`).
-        settings: PPO hyperparameters.
-        lr: the policy's peak learning rate.
+        critic: the value model (see :func:`alignlab.rl.rollout.token_values`), or None.
+        lr: the policy's peak learning rate; ``critic_lr`` the critic's (None = ``lr``).
         total_updates: optimiser steps in the whole run (for the schedule).
+        epochs: passes over each rollout; ``mini_batch_size`` rollout rows per optimiser step
+            (0 = the whole rollout in one).
         weight_decay, max_grad_norm, scheduler, warmup_ratio: as in ``TrainGroup``.
         grad_accum: micro-batches per minibatch.
         temperature: the sampling temperature (log-probs are taken at it).
@@ -145,14 +160,18 @@ class PPOTrainer:
         accelerator: an ``accelerate.Accelerator`` (None: :func:`fresh_accelerator`).
     """
 
+    name = "policy"  # in error messages
+
     def __init__(
         self,
         policy: Any,
-        critic: Any,
-        settings: UpdateSettings,
+        critic: Any | None,
         *,
         lr: float,
         total_updates: int,
+        epochs: int = 1,
+        mini_batch_size: int = 8,
+        critic_lr: float | None = None,
         weight_decay: float = 0.0,
         max_grad_norm: float | None = 1.0,
         scheduler: str = "constant",
@@ -166,23 +185,26 @@ class PPOTrainer:
     ) -> None:
         from transformers import get_scheduler
 
-        self.settings = settings
         self.accelerator = accelerator or fresh_accelerator()
-        self.estimate_advantages = get_advantage_estimator(settings.advantage_estimator)
-        for model in (policy, critic):
+        models = [m for m in (policy, critic) if m is not None]
+        for model in models:
             disable_dropout(model)
             model.eval()  # no dropout anywhere; gradients still flow
-        groups = [
-            {"params": [p for p in policy.parameters() if p.requires_grad], "lr": lr},
-            {"params": [p for p in critic.parameters() if p.requires_grad], "lr": settings.critic_lr or lr},
-        ]
+        groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": lr}]
+        if critic is not None:
+            groups.append(
+                {"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or lr}
+            )
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.engine = None  # the DeepSpeed engine, when there is one
+        self.critic: Any = None
         if self.accelerator.distributed_type == "DEEPSPEED":
             self.engine, self.optimizer = self.accelerator.prepare(PolicyAndCritic(policy, critic), optimizer)
             self.policy, self.critic = self.engine.module.policy, self.engine.module.critic
-        else:
+        elif critic is not None:
             self.policy, self.critic, self.optimizer = self.accelerator.prepare(policy, critic, optimizer)
+        else:
+            self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
         self._boundary = True  # the current micro-batch ends a minibatch
         self.scheduler = get_scheduler(
             scheduler,
@@ -190,6 +212,7 @@ class PPOTrainer:
             num_warmup_steps=math.ceil(warmup_ratio * total_updates),
             num_training_steps=max(total_updates, 1),
         )
+        self.epochs, self.mini_batch_size = epochs, mini_batch_size
         self.max_grad_norm = max_grad_norm
         self.grad_accum = max(1, grad_accum)
         self.temperature = temperature
@@ -198,39 +221,21 @@ class PPOTrainer:
         self.updates = 0  # optimiser steps taken
         self.ptx_batches = 0  # pretraining batches drawn
 
-    @torch.no_grad()
-    def experience(
-        self, rollout: Rollout, kl_coef: float, kl_estimator: KLEstimator | str = KLEstimator.K1
-    ) -> Experience:
-        """Per-token rewards (-β·KL, score at the last token), advantages and returns."""
-        s = self.settings
-        rewards, kl = per_token_rewards(
-            rollout.scores,
-            rollout.logprobs,
-            rollout.ref_logprobs,
-            rollout.mask,
-            kl_coef=kl_coef,
-            kl_estimator=kl_estimator,
-        )
-        advantages, returns = self.estimate_advantages(
-            rewards, rollout.values, rollout.mask, gamma=s.gamma, lam=s.lam
-        )
-        if s.whiten_advantages:
-            advantages = masked_whiten(advantages, rollout.mask)
-        return Experience(rewards=rewards, kl=kl, advantages=advantages, returns=returns)
+    def loss(self, batch: Rollout, experience: Any, index: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The loss of the rollout rows ``index`` (``batch`` is ``rollout.select(index)``)."""
+        raise NotImplementedError
 
-    def update(self, rollout: Rollout, experience: Experience, step: int) -> dict[str, float]:
-        """PPO epochs over shuffled minibatches of the rollout; returns the mean of each statistic.
+    def update(self, rollout: Rollout, experience: Any, step: int) -> dict[str, float]:
+        """``epochs`` over shuffled minibatches of the rollout; returns the mean of each statistic.
 
         Raises:
             TrainingError: a non-finite loss (nothing is stepped with it).
         """
-        s = self.settings
         order = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         history: dict[str, list[float]] = defaultdict(list)
-        for epoch in range(s.epochs):
+        for epoch in range(self.epochs):
             permutation = torch.randperm(len(rollout), generator=order).to(rollout.query.device)
-            for number, part in enumerate(chunks(len(rollout), s.mini_batch_size)):
+            for number, part in enumerate(chunks(len(rollout), self.mini_batch_size or len(rollout))):
                 index = permutation[part]
                 micro_parts = chunks(len(index), math.ceil(len(index) / self.grad_accum))
                 for k, micro in enumerate(micro_parts):
@@ -241,64 +246,37 @@ class PPOTrainer:
                     for key, value in stats.items():
                         history[key].append(value)
                 history["grad_norm_policy"].append(self._clip(self.policy))
-                history["grad_norm_critic"].append(self._clip(self.critic))
+                if self.critic is not None:
+                    history["grad_norm_critic"].append(self._clip(self.critic))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.updates += 1
         out = {key: sum(values) / len(values) for key, values in history.items()}
-        out["explained_variance"] = explained_variance(rollout.values, experience.returns, rollout.mask)
         out["lr"] = self.scheduler.get_last_lr()[0]
         return out
 
     def _backward(
         self,
         rollout: Rollout,
-        experience: Experience,
+        experience: Any,
         index: Tensor,
         n_micro: int,
         where: tuple[int, int, int],
     ) -> dict[str, float]:
-        s = self.settings
-        batch = rollout.select(index)
-        ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask
-        T = batch.response.shape[1]
-        logits = policy_logits(self.policy, ids, attn, T, self.temperature)  # (b, T, V)
-        logprobs = logprobs_from_logits(logits, batch.response)
-        with torch.set_grad_enabled(
-            torch.is_grad_enabled() and s.entropy_coef != 0
-        ):  # a metric unless a bonus
-            entropy = masked_entropy(logits, mask)
-        del logits
-        values = token_values(self.critic, ids, attn, T)
-        pg_loss, pg_stats = policy_loss(
-            logprobs, batch.logprobs, experience.advantages[index], mask, clip=s.clip
-        )
-        vf_loss, vf_stats = value_loss(
-            values, batch.values, experience.returns[index], mask, clip=s.value_clip
-        )
-        loss = pg_loss + s.vf_coef * vf_loss
-        if s.entropy_coef:
-            loss = loss - s.entropy_coef * entropy
-        stats = {
-            "policy_loss": pg_loss.item(),
-            "value_loss": vf_loss.item(),
-            "entropy": entropy.item(),
-            "value_mean": masked_mean(values.detach(), mask).item(),
-            **pg_stats,
-            **vf_stats,
-        }
+        loss, stats = self.loss(rollout.select(index), experience, index)
         if self.ptx is not None and self.ptx_coef:
             ptx_loss = self._ptx_loss()
             loss = loss + self.ptx_coef * ptx_loss
             stats["ptx_loss"] = ptx_loss.item()
         if not torch.isfinite(loss):
             step, epoch, number = where
+            shown = ", ".join(
+                f"{k}={stats[k]}" for k in ("policy_loss", "value_loss", "entropy") if k in stats
+            )
             raise TrainingError(
-                f"non-finite PPO loss at step {step} (PPO epoch {epoch}, minibatch {number}): "
-                f"policy_loss={stats['policy_loss']}, value_loss={stats['value_loss']}, "
-                f"entropy={stats['entropy']}; "
-                "lower train.lr or ppo.critic_lr, or raise kl.coef"
+                f"non-finite {self.name} loss at step {step} (epoch {epoch}, minibatch {number}): "
+                f"{shown}; lower train.lr" + (" or ppo.critic_lr, or raise kl.coef" if self.critic else "")
             )
         if self.engine is not None:
             # DeepSpeed reduces (and steps, with its clipping) at the minibatch's last micro-batch
@@ -309,11 +287,18 @@ class PPOTrainer:
             self.accelerator.backward(loss / n_micro)
         return stats
 
+    def _logits(self, batch: Rollout) -> tuple[Tensor, Tensor]:
+        """(b, T, V) logits of the policy on the batch, and the (b, T) log-probs of its responses."""
+        T = batch.response.shape[1]
+        logits = policy_logits(self.policy, batch.input_ids, batch.attention_mask, T, self.temperature)
+        return logits, logprobs_from_logits(logits, batch.response)
+
     @contextlib.contextmanager
     def for_generation(self) -> Iterator[tuple[Any, Any]]:
         """``(policy, critic)`` unwrapped for a rollout; under ZeRO-3 gathered once for all of it."""
         if self.engine is None:
-            yield self.accelerator.unwrap_model(self.policy), self.accelerator.unwrap_model(self.critic)
+            critic = None if self.critic is None else self.accelerator.unwrap_model(self.critic)
+            yield self.accelerator.unwrap_model(self.policy), critic
             return
         from alignlab.distributed.runtime import gathered_for_generation
 
@@ -361,3 +346,144 @@ class PPOTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.updates = int(state["updates"])
         self.ptx_batches = int(state["ptx_batches"])
+
+
+class PPOTrainer(PolicyTrainer):
+    """Policy + critic: turns PPO rollouts into parameter updates (clipped surrogate + clipped
+    value loss − entropy bonus), with per-token KL-penalised rewards and GAE advantages.
+
+    Args:
+        policy, critic: the causal LM and the value model.
+        settings: PPO hyperparameters (the PPO stage's ``ppo`` group).
+        **kwargs: as :class:`PolicyTrainer` (``lr``, ``total_updates``, ...).
+    """
+
+    name = "PPO"
+
+    def __init__(self, policy: Any, critic: Any, settings: UpdateSettings, **kwargs: Any) -> None:
+        super().__init__(
+            policy,
+            critic,
+            epochs=settings.epochs,
+            mini_batch_size=settings.mini_batch_size,
+            critic_lr=settings.critic_lr,
+            **kwargs,
+        )
+        self.settings = settings
+        self.estimate_advantages = get_advantage_estimator(settings.advantage_estimator)
+
+    @torch.no_grad()
+    def experience(
+        self, rollout: Rollout, kl_coef: float, kl_estimator: KLEstimator | str = KLEstimator.K1
+    ) -> Experience:
+        """Per-token rewards (-β·KL, score at the last token), advantages and returns."""
+        s = self.settings
+        rewards, kl = per_token_rewards(
+            rollout.scores,
+            rollout.logprobs,
+            rollout.ref_logprobs,
+            rollout.mask,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+        )
+        advantages, returns = self.estimate_advantages(
+            rewards, rollout.values, rollout.mask, gamma=s.gamma, lam=s.lam
+        )
+        if s.whiten_advantages:
+            advantages = masked_whiten(advantages, rollout.mask)
+        return Experience(rewards=rewards, kl=kl, advantages=advantages, returns=returns)
+
+    def update(self, rollout: Rollout, experience: Experience, step: int) -> dict[str, float]:
+        out = super().update(rollout, experience, step)
+        out["explained_variance"] = explained_variance(rollout.values, experience.returns, rollout.mask)
+        return out
+
+    def loss(self, batch: Rollout, experience: Experience, index: Tensor) -> tuple[Tensor, dict[str, float]]:
+        s = self.settings
+        mask = batch.mask
+        logits, logprobs = self._logits(batch)
+        with torch.set_grad_enabled(
+            torch.is_grad_enabled() and s.entropy_coef != 0
+        ):  # a metric unless a bonus
+            entropy = masked_entropy(logits, mask)
+        del logits
+        values = token_values(self.critic, batch.input_ids, batch.attention_mask, batch.response.shape[1])
+        pg_loss, pg_stats = policy_loss(
+            logprobs, batch.logprobs, experience.advantages[index], mask, clip=s.clip
+        )
+        vf_loss, vf_stats = value_loss(
+            values, batch.values, experience.returns[index], mask, clip=s.value_clip
+        )
+        loss = pg_loss + s.vf_coef * vf_loss
+        if s.entropy_coef:
+            loss = loss - s.entropy_coef * entropy
+        stats = {
+            "policy_loss": pg_loss.item(),
+            "value_loss": vf_loss.item(),
+            "entropy": entropy.item(),
+            "value_mean": masked_mean(values.detach(), mask).item(),
+            **pg_stats,
+            **vf_stats,
+        }
+        return loss, stats
+
+
+class GroupLossSettings(Protocol):
+    """What the critic-free update reads of its settings (the GRPO stage's ``grpo`` group,
+    :class:`alignlab.stages.grpo.GRPOSettings`, documents each and its source)."""
+
+    epochs: int
+    mini_batch_size: int
+    clip_low: float
+    clip_high: float
+    importance_sampling: str
+    loss_aggregation: str
+    kl_coef: float
+    entropy_coef: float
+
+
+class GroupTrainer(PolicyTrainer):
+    """The critic-free update (GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++, GSPO): one advantage per
+    response (a :class:`GroupExperience`), the clipped surrogate of
+    :func:`alignlab.rl.losses.clipped_policy_loss`, an optional k3 KL term and an entropy bonus.
+
+    Args:
+        policy: the causal LM (a peft model for LoRA).
+        settings: the loss settings (the GRPO stage's ``grpo`` group).
+        max_tokens: the generation budget (the ``constant`` aggregation's divisor).
+        **kwargs: as :class:`PolicyTrainer`.
+    """
+
+    name = "GRPO"
+
+    def __init__(self, policy: Any, settings: GroupLossSettings, *, max_tokens: int, **kwargs: Any) -> None:
+        super().__init__(
+            policy, None, epochs=settings.epochs, mini_batch_size=settings.mini_batch_size, **kwargs
+        )
+        self.settings = settings
+        self.max_tokens = max_tokens
+
+    def loss(
+        self, batch: Rollout, experience: GroupExperience, index: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        s = self.settings
+        mask = batch.mask * experience.keep[index, None].to(batch.mask.dtype)
+        logits, logprobs = self._logits(batch)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and s.entropy_coef != 0):
+            entropy = masked_entropy(logits, mask)
+        del logits
+        pg_loss, stats = clipped_policy_loss(
+            logprobs,
+            batch.logprobs,
+            experience.advantages[index],
+            mask,
+            clip_low=s.clip_low,
+            clip_high=s.clip_high,
+            importance_sampling=s.importance_sampling,
+            aggregation=s.loss_aggregation,
+            max_tokens=self.max_tokens,
+            ref_logprobs=batch.ref_logprobs if s.kl_coef else None,
+            kl_coef=s.kl_coef,
+        )
+        loss = pg_loss - s.entropy_coef * entropy if s.entropy_coef else pg_loss
+        return loss, {"policy_loss": pg_loss.item(), "entropy": entropy.item(), **stats}

@@ -88,5 +88,6 @@ for _info in (
     StageInfo("dpo", "alignlab.stages.dpo:DPO", plan_as="dpo"),
     StageInfo("rejection_sampling", "alignlab.stages.rejection:RejectionSampling", plan_as="sft"),
     StageInfo("ppo", "alignlab.stages.ppo:PPO", plan_as="ppo"),
+    StageInfo("grpo", "alignlab.stages.grpo:GRPO", plan_as="dpo"),  # policy + reference, no critic
 ):
     register_stage(_info.name, _info.target, plan_as=_info.plan_as)

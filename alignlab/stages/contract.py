@@ -41,6 +41,7 @@ class Input:
         required: whether ``run`` refuses to start without it.
         doc: what it is, for the docs and the CLI's errors.
         function: a reward function (``module:function`` or a callable) is accepted too.
+        several: a list of references is accepted (several rewards, combined by the stage).
     """
 
     role: str
@@ -48,6 +49,7 @@ class Input:
     required: bool = True
     doc: str = ""
     function: bool = False
+    several: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -40,21 +40,26 @@ from alignlab.rewards import resolve_reward
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
 from alignlab.rl.normalization import RewardNormalization, ScoreShaper, score_moments_from_metrics
 from alignlab.stages.contract import Input, Planned
-from alignlab.stages.evaluation import gold_metrics, uses_testbed
 from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
 from alignlab.stages.lifecycle import (
-    Resolved,
     StageRun,
     load_data,
     policy_output_kind,
-    publish_stage,
     resolve_inputs,
-    stage_fingerprint,
+)
+from alignlab.stages.rl_loop import (
+    StepCallback,
+    encode_prompts_or_fail,
+    finish_policy,
+    load_policy,
+    publish_rl_stage,
+    reward_model_scorer,
+    run_rl_loop,
+    trainer_options,
+    with_rl_accelerator,
 )
 
 log = logging.getLogger("alignlab")
-
-StepCallback = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass
@@ -330,23 +335,16 @@ class PPO:
             reference: the frozen reference policy (default: ``model``).
             force: train even when an artifact with the same fingerprint exists.
         """
-        from alignlab.rl.checkpoint import remove_checkpoints
-
-        cfg = self.config
         registry = registry or Registry()
         plan = self._prepare(registry, model=model, reward=reward, critic=critic, reference=reference)
-        key = checkpoint_key(cfg, plan.inputs, plan.data)
-        ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
-        artifact = publish_stage(
+        return publish_rl_stage(
             self,
             registry,
             inputs=plan.inputs,
             data=plan.data,
             force=force,
-            body=lambda run: self._train(run, cfg, key, ckpt_root),
+            train=lambda run, key, ckpt_root: self._train(run, self.config, key, ckpt_root),
         )
-        remove_checkpoints(ckpt_root)  # published: nothing left to resume
-        return artifact
 
     def output_kind(self) -> str:
         return policy_output_kind(self.config.adapter)
@@ -379,45 +377,22 @@ class PPO:
         return _Plan(inputs, data)
 
     def _train(self, run: StageRun, cfg: PPOConfig, key: str, ckpt_root: Path) -> None:
-        from alignlab.models.accelerator import release_accelerator
-
-        accelerator = dist.make_accelerator(
-            cfg.distributed,
-            max_grad_norm=cfg.train.max_grad_norm or None,
-            micro_batch_size=max(1, cfg.ppo.mini_batch_size // max(1, cfg.train.grad_accum)),
+        with_rl_accelerator(
+            cfg,
+            cfg.ppo.mini_batch_size // max(1, cfg.train.grad_accum),
+            lambda accelerator: self._train_with(run, cfg, key, ckpt_root, accelerator),
         )
-        try:  # the accelerate state is process-wide: start from a clean one, leave a clean one
-            self._train_with(run, cfg, key, ckpt_root, accelerator)
-        finally:
-            release_accelerator()
 
     def _train_with(self, run: StageRun, cfg: PPOConfig, key: str, ckpt_root: Path, accelerator: Any) -> None:
         from accelerate.utils import set_seed
 
-        from alignlab.eval.ppo_report import plot_ppo_report, progress_bar, step_entry
-        from alignlab.models import save_model
-        from alignlab.models.adapters import finalize
-        from alignlab.rl.checkpoint import (
-            latest_checkpoint,
-            load_checkpoint,
-            remove_checkpoints,
-            restore_rng,
-            save_checkpoint,
-        )
-        from alignlab.rl.rollout import collect_rollout, encode_prompt_records, step_rows
+        from alignlab.eval.ppo_report import plot_ppo_report
         from alignlab.rl.trainer import PPOTrainer, PTXBatches
-        from alignlab.tracking import Tracker
 
         set_seed(cfg.train.seed)
         models = build_models(run, cfg, accelerator)
         tok = models.tokenizer
-        records = run.data["prompts"].records
-        queries, prompts, dropped = encode_prompt_records(tok, records, cfg.data.max_prompt_length)
-        if not queries:
-            raise ConfigError(
-                f"every prompt of {cfg.data.source} is longer than data.max_prompt_length="
-                f"{cfg.data.max_prompt_length} tokens"
-            )
+        queries, prompts, _, dropped = encode_prompts_or_fail(tok, run, cfg)
         ptx = None
         if "ptx" in run.data:
             ptx = PTXBatches.from_texts(
@@ -427,140 +402,36 @@ class PPO:
                 max_length=cfg.ptx.max_length,
                 seed=cfg.train.seed,
             )
-        n, batch = len(queries), cfg.train.batch_size
-        sizes = batch_sizes(cfg, n, accelerator.num_processes)
-        total = sizes["ppo_steps"]
+        sizes = batch_sizes(cfg, len(queries), accelerator.num_processes)
         log.info("ppo: %s", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()))
         trainer = PPOTrainer(
             models.policy,
             models.critic,
             cfg.ppo,
-            lr=cfg.train.lr,
             total_updates=sizes["optimizer_steps"],  # each process steps on its share of the rollout
-            weight_decay=cfg.train.weight_decay,
-            max_grad_norm=cfg.train.max_grad_norm,
-            scheduler=cfg.train.lr_scheduler,
-            warmup_ratio=cfg.train.warmup_ratio,
-            grad_accum=cfg.train.grad_accum,
-            temperature=cfg.generation.temperature,
-            seed=cfg.train.seed,
-            accelerator=accelerator,
+            **trainer_options(cfg, accelerator),
             ptx=ptx,
             ptx_coef=cfg.ptx.coef,
         )
-        policy = accelerator.unwrap_model(trainer.policy)
-        critic = accelerator.unwrap_model(trainer.critic)
-        kl_ctl = make_kl_controller(cfg.kl.control, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
-        history: list[dict[str, Any]] = []
-        start, saved, resumed_from = 0, None, None
-        if not cfg.resume:
-            remove_checkpoints(ckpt_root)
-        elif (latest := latest_checkpoint(ckpt_root)) is not None:
-            ckpt = load_checkpoint(latest, modules={"policy": policy, "critic": critic})
-            if ckpt.state.get("checkpoint_key") != key:
-                raise ConfigError(
-                    f"the checkpoint {latest} belongs to another run (key "
-                    f"{ckpt.state.get('checkpoint_key')}, this run is {key}); set resume: false to "
-                    "start over or change checkpoint_dir"
-                )
-            trainer.load_state_dict(ckpt.torch_states["trainer"])
-            kl_ctl.load_state_dict(ckpt.state["kl"])
-            models.shaper.load_state_dict(ckpt.state["scores"])
-            history, start, saved, resumed_from = ckpt.state["history"], ckpt.step, latest, ckpt.step
-            restore_rng(ckpt)  # last: building the models above drew random numbers
-            log.info("ppo: resuming from %s (step %d of %d)", latest, start, total)
-
-        on_testbed = uses_testbed(cfg.data.source)
-        tracker = Tracker.create(
-            cfg.tracking,
-            cfg.output,
-            config=cfg,
-            inputs={role: getattr(t, "ref", t.id) for role, t in run.inputs.items()},
+        steps = PPOSteps(cfg, trainer, models, queries, prompts)
+        result = run_rl_loop(
+            steps,
+            run,
+            cfg,
+            stage="ppo",
+            key=key,
+            ckpt_root=ckpt_root,
+            total=sizes["ppo_steps"],
+            tokenizer=tok,
+            callbacks=self.callbacks,
+            postfix=lambda e: {"score": f"{e['reward_score']:.3f}", "kl": f"{e['kl']:.3f}"},
         )
-        progress = progress_bar(start, total)
-        try:
-            for step in range(start + 1, total + 1):
-                started = time.perf_counter()
-                # 1. rollout: sample this step's prompts' responses, score and shape them
-                rows = step_rows(step, batch, n, cfg.train.seed)
-                rows = rows[accelerator.process_index :: accelerator.num_processes]  # this process's share
-                with trainer.for_generation() as (gen_policy, gen_critic):
-                    rollout, seconds = collect_rollout(
-                        gen_policy,
-                        tok,
-                        [queries[i] for i in rows],
-                        [prompts[i] for i in rows],
-                        critic=gen_critic,
-                        scorer=models.scorer,
-                        shaper=models.shaper,
-                        settings=cfg.generation,
-                        reference=models.reference,
-                    )
-                # 2. advantages: per-token KL-penalised rewards, GAE, returns
-                beta = kl_ctl.value
-                experience = trainer.experience(rollout, beta, cfg.kl.estimator)
-                kl = float(
-                    accelerator.reduce(experience.kl.sum(dim=1).mean(), "mean")
-                )  # same in every process
-                # 3. guard: a KL beyond max_kl (or not finite) stops the run
-                note = f"the last good checkpoint is {saved}" if saved else "no checkpoint was written yet"
-                check_kl(kl, cfg.max_kl, step, note)
-                # 4. update: PPO epochs of clipped policy and value steps on minibatches
-                training = time.perf_counter()
-                try:
-                    stats = trainer.update(rollout, experience, step)
-                except TrainingError as err:
-                    raise TrainingError(f"{err}; {note}") from err
-                seconds["training"] = time.perf_counter() - training
-                kl_ctl.update(kl, n_steps=len(rollout))
-                # 5. log: the step's history entry (gold every eval.gold_every steps), tracker, bar
-                entry = step_entry(step, rollout, kl, beta, stats, seconds, time.perf_counter() - started)
-                if (
-                    on_testbed
-                    and cfg.eval.gold
-                    and cfg.eval.gold_every > 0
-                    and (step % cfg.eval.gold_every == 0 or step == total)
-                ):
-                    with trainer.for_generation() as (gen_policy, _):
-                        entry.update(_gold(gen_policy, tok, cfg.eval))
-                history.append(entry)
-                if step % max(1, cfg.train.logging_steps) == 0 or step == total:
-                    tracker.log(entry, step)
-                progress.update(1)
-                gold = {"gold": f"{entry['gold_score']:.3f}"} if "gold_score" in entry else {}
-                progress.set_postfix(score=f"{entry['reward_score']:.3f}", kl=f"{kl:.3f}", **gold)
-                # 6. checkpoint every checkpoint_every steps, for an exact resume
-                if checkpoint_due(cfg, step, total):
-                    saved = save_checkpoint(
-                        ckpt_root,
-                        step,
-                        modules={"policy": policy, "critic": critic},
-                        torch_states={"trainer": trainer.state_dict()},
-                        state={
-                            "checkpoint_key": key,
-                            "history": history,
-                            "kl": kl_ctl.state_dict(),
-                            "scores": models.shaper.state_dict(),
-                        },
-                    )
-                for callback in self.callbacks:
-                    callback(step, entry)
-        finally:
-            progress.close()
-            tracker.finish()
-
-        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters() if p.requires_grad)
-        policy = dist.main_process_model(policy)
-        if policy is None:  # another process: the main one evaluates and publishes
-            return
-        trained = finalize(policy, cfg.adapter)
+        history = result.history
         metrics: dict[str, Any] = {
-            "steps": total,
-            "episodes": total * batch,
+            "steps": sizes["ppo_steps"],
+            "episodes": sizes["ppo_steps"] * cfg.train.batch_size,
             "batch_sizes": sizes,
             "prompts_dropped": dropped,
-            "history": history,
-            "trainable_parameters": trainable,
             "critic_from": models.critic_from,
         }
         if history:
@@ -568,16 +439,70 @@ class PPO:
                 reward_score=history[-1]["reward_score"],
                 reward_score_first=history[0]["reward_score"],
                 kl_to_reference=history[-1]["kl"],
-                kl_coef=kl_ctl.value,
+                kl_coef=steps.kl_ctl.value,
             )
-        if resumed_from is not None:
-            metrics["resumed_from_step"] = resumed_from
-        metrics.update(gold_metrics(trained, tok, cfg.eval, on_testbed))
-        save_model(trained, tok, run.dir)
-        plot_ppo_report(
-            history, run.dir / "report.png", title=f"{cfg.output}: PPO from {run.inputs['model'].ref}"
-        )
-        run.metrics.update(metrics)
+        policy = accelerator.unwrap_model(trainer.policy)
+        if finish_policy(run, cfg, policy, tok, metrics, result) is not None:
+            plot_ppo_report(
+                history, run.dir / "report.png", title=f"{cfg.output}: PPO from {run.inputs['model'].ref}"
+            )
+
+
+class PPOSteps:
+    """One PPO step (the module docstring's 1–5) and what it carries between steps: the KL
+    controller and the score shaper's running moments (an :class:`~alignlab.stages.rl_loop.RLAlgorithm`)."""
+
+    def __init__(self, cfg: PPOConfig, trainer: Any, models: PPOModels, queries: list, prompts: list) -> None:
+        self.cfg, self.trainer, self.models = cfg, trainer, models
+        self.queries, self.prompts = queries, prompts
+        self.kl_ctl = make_kl_controller(cfg.kl.control, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
+        accelerator = trainer.accelerator
+        self.modules = {
+            "policy": accelerator.unwrap_model(trainer.policy),
+            "critic": accelerator.unwrap_model(trainer.critic),
+        }
+
+    def step(self, step: int, note: str) -> dict[str, Any]:
+        from alignlab.eval.ppo_report import step_entry
+        from alignlab.rl.rollout import collect_rollout, step_rows
+
+        cfg, trainer, models = self.cfg, self.trainer, self.models
+        accelerator = trainer.accelerator
+        # 1. rollout: sample this step's prompts' responses, score and shape them
+        rows = step_rows(step, cfg.train.batch_size, len(self.queries), cfg.train.seed)
+        rows = rows[accelerator.process_index :: accelerator.num_processes]  # this process's share
+        with trainer.for_generation() as (gen_policy, gen_critic):
+            rollout, seconds = collect_rollout(
+                gen_policy,
+                models.tokenizer,
+                [self.queries[i] for i in rows],
+                [self.prompts[i] for i in rows],
+                critic=gen_critic,
+                scorer=models.scorer,
+                shaper=models.shaper,
+                settings=cfg.generation,
+                reference=models.reference,
+            )
+        # 2. advantages: per-token KL-penalised rewards, GAE, returns
+        beta = self.kl_ctl.value
+        experience = trainer.experience(rollout, beta, cfg.kl.estimator)
+        kl = float(accelerator.reduce(experience.kl.sum(dim=1).mean(), "mean"))  # same in every process
+        # 3. guard: a KL beyond max_kl (or not finite) stops the run
+        check_kl(kl, cfg.max_kl, step, note)
+        # 4. update: PPO epochs of clipped policy and value steps on minibatches
+        training = time.perf_counter()
+        stats = trainer.update(rollout, experience, step)
+        seconds["training"] = time.perf_counter() - training
+        self.kl_ctl.update(kl, n_steps=len(rollout))
+        # 5. log: the step's history entry
+        return step_entry(step, rollout, kl, beta, stats, seconds, sum(seconds.values()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kl": self.kl_ctl.state_dict(), "scores": self.models.shaper.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl_ctl.load_state_dict(state["kl"])
+        self.models.shaper.load_state_dict(state["scores"])
 
 
 @dataclass
@@ -621,13 +546,6 @@ def check_kl(kl: float, max_kl: float | None, step: int, note: str) -> None:
             f"KL to the reference is {kl:.4g} nats per response at step {step}, beyond max_kl="
             f"{max_kl}: the policy drifted too far. Lower train.lr or raise kl.coef; {note}"
         )
-
-
-def checkpoint_due(cfg: PPOConfig, step: int, total: int) -> bool:
-    """Every ``checkpoint_every`` steps and at the last one; not yet in multi-process runs, where
-    DeepSpeed's optimizer states are sharded."""
-    every = cfg.checkpoint_every
-    return every > 0 and (step % every == 0 or step == total) and not dist.is_distributed()
 
 
 @dataclass
@@ -680,29 +598,14 @@ def build_models(run: StageRun, cfg: PPOConfig, accelerator: Any) -> PPOModels:
     """
     from peft import get_peft_model
 
-    from alignlab.models import load_causal_lm
-    from alignlab.models.adapters import peft_config, quantization_kwargs
-    from alignlab.rewards import RewardModelScorer, load_reward_model
+    from alignlab.models.adapters import peft_config
+    from alignlab.rewards import load_reward_model
 
-    lora = cfg.adapter.method != AdapterMethod.FULL
-    policy, tok = load_causal_lm(
-        run.inputs["model"], run.registry, merge_adapter=True, **quantization_kwargs(cfg.adapter)
-    )
-    reference = None
-    if "reference" in run.inputs or not lora:  # LoRA: the base with the adapter off, no second copy
-        reference, _ = load_causal_lm(
-            run.inputs.get("reference", run.inputs["model"]), run.registry, merge_adapter=True
-        )
-        reference = accelerator.prepare_model(reference.requires_grad_(False).eval(), evaluation_mode=True)
-    if lora:
-        policy = get_peft_model(policy, peft_config(cfg.adapter))
-
+    policy, tok, reference = load_policy(run, cfg, accelerator)
     reward = run.inputs["reward"]
     reward_model = reward.target
     if reward_model is not None:
-        rm, rm_tok = load_reward_model(reward_model, run.registry)
-        rm = accelerator.prepare_model(rm.requires_grad_(False).eval(), evaluation_mode=True)
-        scorer: Any = RewardModelScorer(rm, rm_tok, batch_size=cfg.generation.batch_size)
+        scorer: Any = reward_model_scorer(reward_model, run, accelerator, cfg.generation.batch_size)
     else:
         scorer = reward.scorer(run.registry)
 
@@ -714,7 +617,7 @@ def build_models(run: StageRun, cfg: PPOConfig, accelerator: Any) -> PPOModels:
             "tokenizer than the policy; the critic reads the policy's tokens: set "
             "critic_init: policy or pass critic="
         )
-    if lora:
+    if cfg.adapter.method != AdapterMethod.FULL:
         critic = get_peft_model(critic, peft_config(cfg.adapter, task_type="SEQ_CLS"))
 
     moments = None
@@ -730,16 +633,3 @@ def build_models(run: StageRun, cfg: PPOConfig, accelerator: Any) -> PPOModels:
         shaper=shaper,
         critic_from=getattr(critic_source, "ref", None) or critic_source.id,
     )
-
-
-def checkpoint_key(cfg: PPOConfig, inputs: dict[str, Resolved], data: dict[str, Any]) -> str:
-    """The key of the training run's checkpoints: the stage fingerprint, which leaves out the
-    run-control fields, so resuming with ``resume`` or ``checkpoint_every`` changed still finds them."""
-    return stage_fingerprint("ppo", cfg, inputs, data)
-
-
-def _gold(policy: Any, tokenizer: Any, cfg: PPOEvalGroup) -> dict[str, float]:
-    from alignlab.testbed import gold_score
-
-    result = gold_score(policy, n=cfg.gold_every_n, tokenizer=tokenizer, max_new_tokens=cfg.max_new_tokens)
-    return {"gold_score": float(result["gold_score"]), "gold_accuracy": float(result["gold_accuracy"])}

@@ -47,6 +47,7 @@ from alignlab.testbed.data import (
 )
 from alignlab.testbed.gold import (
     Judgement,
+    correctness,
     gold_preference,
     gold_response_score,
     gold_reward_fn,
@@ -65,6 +66,7 @@ __all__ = [
     "SourceName",
     "Split",
     "TaskFamily",
+    "correctness",
     "eval_prompts",
     "gold_preference",
     "gold_response_score",

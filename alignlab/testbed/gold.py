@@ -182,6 +182,14 @@ def gold_reward_fn(prompts: list[str], responses: list[str]) -> list[float]:
     return [gold_response_score(prompt_text(p), r) for p, r in zip(prompts, responses)]
 
 
+def correctness(prompts: list[str], responses: list[str]) -> list[float]:
+    """A verifiable reward: 1.0 for a response that states exactly the correct answer (format
+    aside, :func:`is_correct`), else 0.0. Use as ``reward: alignlab.testbed:correctness``."""
+    if len(prompts) != len(responses):
+        raise ConfigError(f"correctness got {len(prompts)} prompts but {len(responses)} responses")
+    return [float(is_correct(prompt_text(p), r)) for p, r in zip(prompts, responses)]
+
+
 def score_responses(prompts: Sequence[str], responses: Sequence[str]) -> dict[str, float]:
     """Aggregate gold metrics of a batch of responses.
 

@@ -65,6 +65,14 @@ def test_overrides_reach_the_entry_config_and_inputs():
             (),
             r"used twice",
         ),
+        (
+            {
+                "name": "t",
+                "stages": [{"name": "a", "stage": "ppo", "inputs": {"model": "m", "reward": ["x", "y"]}}],
+            },
+            (),
+            r"inputs\.reward: expected a reference string, got \['x', 'y'\]",
+        ),
     ],
 )
 def test_bad_recipes_fail_before_training_with_the_key_named(raw, overrides, message):
@@ -110,3 +118,11 @@ def test_cli_logs_go_to_stderr_not_stdout(capsys):
     logging.getLogger("alignlab").info("a log line")
     out, err = capsys.readouterr()
     assert "a log line" not in out and "a log line" in err
+
+
+def test_a_role_that_takes_several_references_takes_a_list():
+    raw = {
+        "name": "t",
+        "stages": [{"name": "g", "stage": "grpo", "inputs": {"model": "sft", "reward": ["a:fn", "reward"]}}],
+    }
+    assert parse_recipe(raw).entry("g").inputs == {"model": "sft", "reward": ["a:fn", "reward"]}
