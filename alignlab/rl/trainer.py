@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from collections import defaultdict
@@ -135,7 +136,7 @@ class PolicyAndCritic(torch.nn.Module):
         self.config = policy.config  # DeepSpeed's "auto" bucket sizes are read from the hidden size
 
 
-class PolicyTrainer:
+class PolicyTrainer(abc.ABC):
     """The update machinery PPO and the critic-free stage share: the trained models, one AdamW
     optimiser (a parameter group each, so each has its own learning rate), the learning-rate
     schedule, the ``accelerate.Accelerator``, and epochs of minibatch steps over a rollout.
@@ -221,9 +222,10 @@ class PolicyTrainer:
         self.updates = 0  # optimiser steps taken
         self.ptx_batches = 0  # pretraining batches drawn
 
+    @abc.abstractmethod
     def loss(self, batch: Rollout, experience: Any, index: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The loss of the rollout rows ``index`` (``batch`` is ``rollout.select(index)``)."""
-        raise NotImplementedError
+        """The loss of the rollout rows ``index`` (``batch`` is ``rollout.select(index)``): what each
+        RL family defines (:class:`PPOTrainer`, :class:`GroupTrainer`)."""
 
     def update(self, rollout: Rollout, experience: Any, step: int) -> dict[str, float]:
         """``epochs`` over shuffled minibatches of the rollout; returns the mean of each statistic.
