@@ -41,6 +41,7 @@ from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import RewardInput, resolve_reward
 from alignlab.rl.group import GroupAdvantage, equal_groups, get_group_advantage, overlong_penalty
+from alignlab.rl.kl import KLEstimator
 from alignlab.rl.losses import ImportanceSampling, LossAggregation
 from alignlab.stages.contract import Input
 from alignlab.stages.groups import DataSource, TrackingGroup
@@ -466,13 +467,14 @@ class GroupSteps:
         return rows
 
     def sample_groups(self, rows: list[int]) -> tuple[Any, dict[str, float]]:
-        """This process's share of ``rows``, each sampled ``num_generations`` times, scored."""
+        """This process's share of ``rows``, each sampled ``num_generations`` times and scored;
+        the rollout's ``scores`` are what the groups compare (:meth:`shaped`)."""
         from alignlab.rl.rollout import collect_rollout
 
         accelerator, g = self.trainer.accelerator, self.cfg.grpo.num_generations
         mine = [r for r in rows[accelerator.process_index :: accelerator.num_processes] for _ in range(g)]
         with self.trainer.for_generation() as (gen_policy, _):
-            return collect_rollout(
+            rollout, seconds = collect_rollout(
                 gen_policy,
                 self.tokenizer,
                 [self.queries[i] for i in mine],
@@ -485,6 +487,8 @@ class GroupSteps:
                 with_reference=self.cfg.grpo.kl_coef > 0,
                 columns=[self.columns[i] for i in mine],
             )
+        rollout.scores = self.shaped(rollout)
+        return rollout, seconds
 
     def step(self, step: int, note: str) -> dict[str, Any]:
         from alignlab.eval.ppo_report import step_entry
@@ -493,45 +497,34 @@ class GroupSteps:
 
         cfg, g, trainer = self.cfg, self.cfg.grpo, self.trainer
         accelerator = trainer.accelerator
-        batch, G = cfg.train.batch_size, g.num_generations
-        wanted = batch // accelerator.num_processes  # groups per process
-        # 1-2. rollout and scores, 3. dynamic sampling: keep groups with signal, refill
-        kept, seconds, rounds, equal_share, means = [], {}, 0, 0.0, {}
+        G = g.num_generations
+        wanted = cfg.train.batch_size // accelerator.num_processes  # groups per process
+        # 1-2. rollout and scores; 3. dynamic sampling: keep the groups with signal, refill
+        first, means, kept, seconds, rounds = None, {}, [], {}, 0
         while True:
-            rollout, secs = self.sample_groups(self.draw(batch))
-            for k, v in secs.items():
-                seconds[k] = seconds.get(k, 0.0) + v
-            means = dict(self.scorer.last_means) if rounds == 0 else means
-            scores = self.shaped(rollout).view(-1, G)
-            equal = equal_groups(scores)
-            if rounds == 0:
-                equal_share = float(accelerator.reduce(equal.float().mean(), "mean"))
-                first = rollout
-            groups = torch.nonzero(~equal if g.dynamic_sampling else torch.ones_like(equal)).flatten()
-            kept.extend(
-                rollout.select(torch.arange(i * G, (i + 1) * G, device=groups.device))
-                for i in groups.tolist()
+            rollout, secs = self.sample_groups(self.draw(cfg.train.batch_size))
+            seconds = {k: seconds.get(k, 0.0) + v for k, v in secs.items()}
+            if first is None:  # the step's on-policy sample, as logged
+                first, means = rollout, dict(self.scorer.last_means)
+            useful = ~equal_groups(rollout.scores.view(-1, G)) if g.dynamic_sampling else None
+            kept.append(
+                rollout if useful is None else rollout.select(useful.repeat_interleave(G).nonzero().flatten())
             )
             rounds += 1
-            count = torch.tensor(float(len(kept)), device=accelerator.device)
-            have = int(-accelerator.reduce(-count, "max"))  # the fewest of any process: all train alike
-            if not g.dynamic_sampling or have >= wanted or rounds > g.max_refills:
+            count = torch.tensor(float(sum(len(k) for k in kept) // G), device=accelerator.device)
+            have = min(
+                wanted, int(-accelerator.reduce(-count, "max"))
+            )  # the fewest of any process: all train alike
+            if useful is None or have >= wanted or rounds > g.max_refills:
                 break
-        have = min(have, wanted)
-        entry_rollout = first
-        if have == 0:  # every group equal in some process: nothing to learn from this step
-            stats: dict[str, float] = {"skipped": 1.0}
-            kl = None
-        else:
-            rollout = concat_rollouts(kept[:have], self.tokenizer.pad_token_id)
-            scores = self.shaped(rollout).view(-1, G)
+        kl, stats = None, {"skipped": 1.0}  # every group equal in some process: nothing to learn
+        if have > 0:
+            rollout = concat_rollouts([k for k in kept if len(k)], self.tokenizer.pad_token_id)
+            rollout = rollout.select(torch.arange(have * G, device=rollout.query.device))
             # 4. advantages: one per response from its group
-            advantages = self.advantage(scores).flatten()
+            advantages = self.advantage(rollout.scores.view(-1, G)).flatten()
             keep = rollout.ended.float() if g.overlong == Overlong.MASK else torch.ones_like(advantages)
-            kl = None
             if g.kl_coef > 0:
-                from alignlab.rl.kl import KLEstimator
-
                 per_token = KLEstimator.K3.estimate(rollout.logprobs, rollout.ref_logprobs) * rollout.mask
                 kl = float(accelerator.reduce(per_token.sum(1).mean(), "mean"))
                 check_kl(kl, cfg.max_kl, step, note)
@@ -539,11 +532,11 @@ class GroupSteps:
             started = time.perf_counter()
             stats = trainer.update(rollout, GroupExperience(advantages, keep), step)
             seconds["training"] = time.perf_counter() - started
-        entry = step_entry(step, entry_rollout, kl, g.kl_coef, stats, seconds, sum(seconds.values()))
-        first_scores = self.shaped(entry_rollout).view(-1, G)
+        first_scores = first.scores.view(-1, G)
+        entry = step_entry(step, first, kl, g.kl_coef, stats, seconds, sum(seconds.values()))
         entry.update(
             group_reward_std=float(first_scores.std(dim=1).mean()),
-            equal_group_fraction=equal_share,
+            equal_group_fraction=float(accelerator.reduce(equal_groups(first_scores).float().mean(), "mean")),
             groups_used=have,
             sampling_rounds=rounds,
             sequences=have * G * accelerator.num_processes,
