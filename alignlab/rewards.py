@@ -300,10 +300,14 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
                 "reward_model entry or a reward function"
             )
         return RewardInput(target=reward)
+    named = None  # an import path names the function as the user wrote it (a callable object has no name)
     if isinstance(reward, str) and is_import_path(reward):
+        named = "py:" + reward.removeprefix("py:")
         reward = import_reward_fn(reward)
     if callable(reward) and not isinstance(reward, (str, Artifact)):
         source = function_source(reward)
+        if named is not None:
+            source = RewardFunctionSource(named, source.fingerprint)
         check_reward_signature(reward, source.source)
         return RewardInput(fn=reward, source=source)
     try:

@@ -2,6 +2,7 @@
 
 Benchmarks (see each script's docstring for what exactly is timed):
     ppo       alignlab's PPO stage vs TRL 1.9.0's experimental PPOTrainer (its own venv)
+    grpo      alignlab's grpo stage vs TRL 1.16's GRPOTrainer (both in alignlab's venv)
     stages    SFT / RewardModel / DPO stages vs the TRL trainers called directly; SFT packing vs padding
     real      the same three on SmolLM2-135M-Instruct with LoRA: training steps per second
     rollout   PPO's sampling vs a plain ``model.generate`` loop, batch sizes 1-64
@@ -321,8 +322,49 @@ def bench_profile(fixture: Path, work: Path, quick: bool, reps: int, threads: in
     return result["markdown"], result
 
 
+GRPO_METRICS = [
+    ("episodes_per_s", "episodes (completions) / s", 3),
+    ("episodes_per_cpu_s", "episodes / CPU-s (process CPU time; robust to load)", 3),
+    ("step_s", "s / step (sampling + scoring + update)", 3),
+    ("peak_rss_mb", "peak RSS MB", 3),
+    ("process_s", "whole run s (loading included)", 3),
+]
+
+
+def bench_grpo(fixture: Path, work: Path, quick: bool, reps: int, threads: int) -> tuple[str, dict]:
+    """alignlab's grpo stage vs TRL 1.16's GRPOTrainer (grpo_bench.py, one process per repetition)."""
+    settings = (
+        ["--steps", "3", "--batch", "4", "--generations", "4", "--response-length", "8"]
+        if quick
+        else ["--steps", "12", "--batch", "8", "--generations", "8", "--response-length", "32"]
+    )
+    common = ["--fixture", str(fixture), "--threads", str(threads), *settings]
+    script = [MAIN_PY, str(HERE / "grpo_bench.py"), *common, "--side"]
+    contenders = [Contender("alignlab", [*script, "alignlab"]), Contender("trl", [*script, "trl"])]
+    log(f"grpo: {' '.join(settings)}")
+    results = harness.run_alternating(contenders, reps, work / "grpo", log=log)
+    rows, data = harness.comparison_rows(GRPO_METRICS, results["alignlab"], results["trl"])
+    table = markdown_table(["metric", "alignlab", "TRL 1.16 GRPOTrainer", "alignlab / TRL"], rows)
+    curves = [
+        [name, str(i + 1), ", ".join("-" if x is None else f"{x:.2f}" for x in r["reward_curve"])]
+        for name in ("alignlab", "trl")
+        for i, r in enumerate(results[name])
+    ]
+    text = (
+        "### GRPO: alignlab vs TRL 1.16 `GRPOTrainer`\n\n"
+        f"Settings, identical on both sides: `{' '.join(settings)}` (prompts per step, completions per "
+        'prompt, new tokens), temperature 1, β = 0, ε = 0.2, token-mean loss (`loss_type="dapo"`), '
+        "group-normalised advantages, one optimiser step per generation batch, lr 1e-4 constant, no "
+        "gradient clipping, fp32; the fixture policy and prompts; the reward `3 / (1 + words)`. Rates "
+        "leave out the first step.\n\n"
+        f"{table}\n\n" + markdown_table(["contender", "rep", "mean reward per step"], curves, "lll") + "\n"
+    )
+    return text, {"settings": settings, "metrics": data, "runs": results}
+
+
 BENCHMARKS = {
     "ppo": bench_ppo,
+    "grpo": bench_grpo,
     "stages": bench_stages,
     "real": bench_real,
     "rollout": bench_rollout,

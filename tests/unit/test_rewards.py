@@ -16,6 +16,7 @@ from alignlab.rewards import (
     columns_read,
     exact_match,
     extract_answer,
+    function_source,
     numeric_match,
     resolve_reward,
     score_chats,
@@ -95,4 +96,7 @@ def test_a_reward_function_with_the_wrong_signature_is_refused_when_resolved(tmp
 
 def test_a_shipped_reward_resolves_by_its_import_path(tmp_path) -> None:
     got = resolve_reward(Registry(tmp_path), "alignlab.rewards:answer_format")
-    assert got.fn is answer_format and got.source.source.startswith("py:alignlab.rewards:")
+    assert got.fn is answer_format and got.source.source == "py:alignlab.rewards:answer_format"
+    assert (
+        got.source.fingerprint == function_source(answer_format).fingerprint
+    )  # named as written, hashed by its code
