@@ -238,6 +238,7 @@ class RewardInput:
     target: Artifact | ExternalRef | None = None
     fn: RewardFn | None = None
     source: RewardFunctionSource | None = None
+    label: str | None = None  # the import path as written, for logs (the source names the code)
 
     @property
     def id(self) -> str:
@@ -246,10 +247,10 @@ class RewardInput:
 
     @property
     def ref(self) -> str:
-        """The reward model's reference, or the function's import path."""
+        """The reward model's reference, or the function's import path (as written, when it was)."""
         if self.target is not None:
             return getattr(self.target, "ref", None) or self.target.id
-        return self.source.source  # type: ignore[union-attr]
+        return self.label or self.source.source  # type: ignore[union-attr]
 
     def scorer(self, registry: Registry) -> Scorer:
         if self.fn is not None:
@@ -300,16 +301,14 @@ def resolve_reward(registry: Registry, reward: str | RewardFn | Artifact | None)
                 "reward_model entry or a reward function"
             )
         return RewardInput(target=reward)
-    named = None  # an import path names the function as the user wrote it (a callable object has no name)
+    label = None  # an import path names the reward in logs as the user wrote it (an object has no name)
     if isinstance(reward, str) and is_import_path(reward):
-        named = "py:" + reward.removeprefix("py:")
+        label = "py:" + reward.removeprefix("py:")
         reward = import_reward_fn(reward)
     if callable(reward) and not isinstance(reward, (str, Artifact)):
         source = function_source(reward)
-        if named is not None:
-            source = RewardFunctionSource(named, source.fingerprint)
-        check_reward_signature(reward, source.source)
-        return RewardInput(fn=reward, source=source)
+        check_reward_signature(reward, label or source.source)
+        return RewardInput(fn=reward, source=source, label=label)
     try:
         target = registry.resolve(reward)
     except ReferenceNotFound as err:
