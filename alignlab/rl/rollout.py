@@ -65,6 +65,8 @@ class Rollout:
         ended: (B,) True where the response stopped at EOS.
         prompts: the B prompts (chats, or strings), as the scorer got them.
         responses: the B responses as text (special tokens stripped).
+        sampler_logprobs: (B, T) the log-probs the engine reported for the tokens it sampled
+            (the vLLM engine); None with the HF engine, whose ``logprobs`` are the sampler's.
     """
 
     query: Tensor
@@ -79,6 +81,7 @@ class Rollout:
     ended: Tensor
     prompts: list[Prompt]
     responses: list[str]
+    sampler_logprobs: Tensor | None = None
 
     def __len__(self) -> int:
         return self.query.shape[0]
@@ -98,7 +101,12 @@ class Rollout:
         picked: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            picked[f.name] = value[index] if isinstance(value, Tensor) else [value[i] for i in index.tolist()]
+            if value is None:
+                picked[f.name] = None
+            else:
+                picked[f.name] = (
+                    value[index] if isinstance(value, Tensor) else [value[i] for i in index.tolist()]
+                )
         return Rollout(**picked)
 
 
@@ -250,6 +258,76 @@ def sample_with_logprobs(
     return response, torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in lps])
 
 
+def sample_with_engine(
+    engine: Any,
+    queries: Sequence[Sequence[int]],
+    settings: Sampling,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    device: Any,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sample_with_logprobs` through an engine: (B, T) responses and the engine's log-probs.
+
+    The per-prompt seeds come from torch's generator, so a seeded (or resumed) run samples the
+    same responses."""
+    from alignlab.models.engines import responses_tensor
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    sampled = engine.sample(
+        queries,
+        max_new_tokens=settings.max_new_tokens,
+        stop_ids=eos_ids,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        seed=seed,
+    )
+    response, logprobs = responses_tensor(sampled, pad_id, device)
+    assert logprobs is not None
+    return response, logprobs
+
+
+@torch.inference_mode()
+def sequence_logprobs(
+    model: Any,
+    query: Tensor,
+    query_mask: Tensor,
+    response: Tensor,
+    mask: Tensor,
+    temperature: float,
+    batch_size: int,
+) -> Tensor:
+    """(B, T) log-probs of ``response`` under ``model`` at ``temperature``, 0 after each end."""
+    ids = torch.cat([query, response], dim=1)
+    attn = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
+    T = response.shape[1]
+    parts = []
+    for part in chunks(ids.shape[0], batch_size):
+        logits = policy_logits(model, ids[part], attn[part], T, temperature)
+        parts.append(logprobs_from_logits(logits, response[part]))
+        del logits
+    return torch.cat(parts) * mask
+
+
+def logprob_mismatch(rollout: Rollout) -> dict[str, float]:
+    """How far the sampler's log-probs are from the trainer's for the same tokens (the vLLM
+    engine's; empty for the HF engine, whose log-probs are the trainer's): mean and max
+    absolute difference per token, and the k3 estimate of KL(sampler ‖ trainer) per token."""
+    if rollout.sampler_logprobs is None:
+        return {}
+    real = rollout.mask.bool()
+    if not real.any():
+        return {}
+    diff = (rollout.sampler_logprobs - rollout.logprobs)[real]
+    log_ratio = -diff  # log π_trainer − log π_sampler on the sampler's tokens
+    k3 = (log_ratio.exp() - 1 - log_ratio).mean()
+    return {
+        "engine/logprob_diff_mean": float(diff.abs().mean()),
+        "engine/logprob_diff_max": float(diff.abs().max()),
+        "engine/kl_sampler_trainer": float(k3),
+    }
+
+
 @torch.inference_mode()
 def rollout_forward(
     policy: Any,
@@ -299,6 +377,7 @@ def collect_rollout(
     reference: Any | None = None,
     with_reference: bool = True,
     columns: Sequence[dict[str, Any]] | None = None,
+    engine: Any | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     """Sample one response per prompt and compute everything PPO needs about it.
 
@@ -316,10 +395,14 @@ def collect_rollout(
         with_reference: False skips the reference pass (its log-probs are 0: no KL is used).
         columns: each prompt record's other fields (``answer``, ...), for reward functions
             that read them.
+        engine: a :class:`alignlab.models.engines.VLLMEngine` holding ``policy``'s weights
+            (synced by the caller); None samples with ``policy.generate``. With vLLM the old
+            log-probs are recomputed by the trainer (one more inference pass) and vLLM's own
+            are kept as ``sampler_logprobs``, to measure the mismatch.
 
     Returns:
         The rollout, and seconds spent per phase: ``generation``, ``forward`` (reference log-probs
-        and values; the old log-probs come with the generation) and ``scoring``.
+        and values; with the HF engine the old log-probs come with the generation) and ``scoring``.
     """
     from alignlab.models.generation import left_pad, stop_token_ids
 
@@ -329,15 +412,27 @@ def collect_rollout(
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    response, old_logprobs = sample_with_logprobs(
-        policy, query, query_mask, settings, eos_ids, tokenizer.pad_token_id
-    )
+    sampler_logprobs = None
+    if engine is None:
+        response, old_logprobs = sample_with_logprobs(
+            policy, query, query_mask, settings, eos_ids, tokenizer.pad_token_id
+        )
+    else:
+        response, sampler_logprobs = sample_with_engine(
+            engine, queries, settings, eos_ids, tokenizer.pad_token_id, device
+        )
     mask, ended = response_mask(response, eos_ids)
     response = torch.where(mask.bool(), response, tokenizer.pad_token_id)
-    old_logprobs = old_logprobs * mask  # after the end, generate sampled padding the forward passes mask
     seconds["generation"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    if engine is None:
+        old_logprobs = old_logprobs * mask  # after the end, generate sampled padding the forward passes mask
+    else:  # the trainer's own log-probs of vLLM's tokens: the PPO ratio stays exact
+        old_logprobs = sequence_logprobs(
+            policy, query, query_mask, response, mask, settings.temperature, settings.batch_size
+        )
+        sampler_logprobs = sampler_logprobs * mask
     ref_logprobs, values = rollout_forward(
         policy,
         reference,
@@ -371,6 +466,7 @@ def collect_rollout(
         ended=ended,
         prompts=list(prompts),
         responses=responses,
+        sampler_logprobs=sampler_logprobs,
     )
     return rollout, seconds
 
@@ -403,6 +499,9 @@ def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
         ended=torch.cat([p.ended for p in parts]),
         prompts=[x for p in parts for x in p.prompts],
         responses=[x for p in parts for x in p.responses],
+        sampler_logprobs=None
+        if any(p.sampler_logprobs is None for p in parts)
+        else torch.cat([right(p.sampler_logprobs, 0.0) for p in parts]),
     )
 
 

@@ -59,7 +59,9 @@ from alignlab.stages.rl_loop import (
     load_policy,
     publish_rl_stage,
     reward_model_scorer,
+    rollout_engine,
     run_rl_loop,
+    sync_engine,
     trainer_options,
     with_rl_accelerator,
 )
@@ -347,19 +349,22 @@ class GRPO:
             total_updates=sizes["optimizer_steps"],
             **trainer_options(cfg, accelerator),
         )
-        steps = GroupSteps(cfg, trainer, tok, reference, scorer, queries, prompts, columns)
-        result = run_rl_loop(
-            steps,
-            run,
-            cfg,
-            stage="grpo",
-            key=key,
-            ckpt_root=ckpt_root,
-            total=sizes["steps"],
-            tokenizer=tok,
-            callbacks=self.callbacks,
-            postfix=lambda e: {"reward": f"{e['reward_score']:.3f}", "std": f"{e['group_reward_std']:.3f}"},
-        )
+        with rollout_engine(cfg, trainer, tok) as engine:
+            result = run_rl_loop(
+                GroupSteps(cfg, trainer, tok, reference, scorer, queries, prompts, columns, engine),
+                run,
+                cfg,
+                stage="grpo",
+                key=key,
+                ckpt_root=ckpt_root,
+                total=sizes["steps"],
+                tokenizer=tok,
+                callbacks=self.callbacks,
+                postfix=lambda e: {
+                    "reward": f"{e['reward_score']:.3f}",
+                    "std": f"{e['group_reward_std']:.3f}",
+                },
+            )
         history = result.history
         metrics: dict[str, Any] = {
             "steps": sizes["steps"],
@@ -445,10 +450,11 @@ class GroupSteps:
         queries: list[list[int]],
         prompts: list[Any],
         columns: list[dict[str, Any]],
+        engine: Any | None = None,
     ) -> None:
         from alignlab.rl.normalization import RewardNormalization, ScoreShaper
 
-        self.cfg, self.trainer, self.tokenizer = cfg, trainer, tokenizer
+        self.cfg, self.trainer, self.tokenizer, self.engine = cfg, trainer, tokenizer, engine
         self.reference, self.scorer = reference, scorer
         self.queries, self.prompts, self.columns = queries, prompts, columns
         self.shaper = ScoreShaper(
@@ -474,6 +480,7 @@ class GroupSteps:
         accelerator, g = self.trainer.accelerator, self.cfg.grpo.num_generations
         mine = [r for r in rows[accelerator.process_index :: accelerator.num_processes] for _ in range(g)]
         with self.trainer.for_generation() as (gen_policy, _):
+            synced = sync_engine(self.engine, gen_policy, self.trainer)
             rollout, seconds = collect_rollout(
                 gen_policy,
                 self.tokenizer,
@@ -486,9 +493,10 @@ class GroupSteps:
                 reference=self.reference,
                 with_reference=self.cfg.grpo.kl_coef > 0,
                 columns=[self.columns[i] for i in mine],
+                engine=self.engine,
             )
         rollout.scores = self.shaped(rollout)
-        return rollout, seconds
+        return rollout, seconds | synced
 
     def step(self, step: int, note: str) -> dict[str, Any]:
         from alignlab.eval.ppo_report import step_entry

@@ -35,6 +35,7 @@ from alignlab.distributed import runtime as dist
 from alignlab.distributed.config import DistributedGroup
 from alignlab.errors import ConfigError, TrainingError
 from alignlab.models.adapters import AdapterGroup, AdapterMethod
+from alignlab.models.engines import EngineKind, VLLMSettings
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import resolve_reward
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
@@ -54,7 +55,9 @@ from alignlab.stages.rl_loop import (
     load_policy,
     publish_rl_stage,
     reward_model_scorer,
+    rollout_engine,
     run_rl_loop,
+    sync_engine,
     trainer_options,
     with_rl_accelerator,
 )
@@ -113,6 +116,11 @@ class GenerationSettings:
             as in TRL; keep it at 1.0 for exact on-policy ratios.
         top_k: keep the k most likely tokens (0 = the full distribution, as in TRL).
         batch_size: prompts per ``generate`` call and per inference forward pass.
+        engine: hf | vllm | auto — what samples the responses: transformers' ``generate`` on the
+            policy, or a colocated vLLM whose weights are synced from the policy before every
+            rollout (``auto``: vLLM where it imports). With vLLM the trainer recomputes the old
+            log-probs, and the gap to vLLM's is logged (``engine/*``). See docs/performance.md.
+        vllm: the vLLM engine's memory and sleep settings.
     """
 
     max_new_tokens: int = 32
@@ -120,6 +128,8 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int = 64
+    engine: EngineKind = EngineKind.HF
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
 
 @dataclass
@@ -413,19 +423,20 @@ class PPO:
             ptx=ptx,
             ptx_coef=cfg.ptx.coef,
         )
-        steps = PPOSteps(cfg, trainer, models, queries, prompts)
-        result = run_rl_loop(
-            steps,
-            run,
-            cfg,
-            stage="ppo",
-            key=key,
-            ckpt_root=ckpt_root,
-            total=sizes["ppo_steps"],
-            tokenizer=tok,
-            callbacks=self.callbacks,
-            postfix=lambda e: {"score": f"{e['reward_score']:.3f}", "kl": f"{e['kl']:.3f}"},
-        )
+        with rollout_engine(cfg, trainer, tok) as engine:
+            steps = PPOSteps(cfg, trainer, models, queries, prompts, engine)
+            result = run_rl_loop(
+                steps,
+                run,
+                cfg,
+                stage="ppo",
+                key=key,
+                ckpt_root=ckpt_root,
+                total=sizes["ppo_steps"],
+                tokenizer=tok,
+                callbacks=self.callbacks,
+                postfix=lambda e: {"score": f"{e['reward_score']:.3f}", "kl": f"{e['kl']:.3f}"},
+            )
         history = result.history
         metrics: dict[str, Any] = {
             "steps": sizes["ppo_steps"],
@@ -452,8 +463,16 @@ class PPOSteps:
     """One PPO step (the module docstring's 1–5) and what it carries between steps: the KL
     controller and the score shaper's running moments (an :class:`~alignlab.stages.rl_loop.RLAlgorithm`)."""
 
-    def __init__(self, cfg: PPOConfig, trainer: Any, models: PPOModels, queries: list, prompts: list) -> None:
-        self.cfg, self.trainer, self.models = cfg, trainer, models
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        trainer: Any,
+        models: PPOModels,
+        queries: list,
+        prompts: list,
+        engine: Any | None = None,
+    ) -> None:
+        self.cfg, self.trainer, self.models, self.engine = cfg, trainer, models, engine
         self.queries, self.prompts = queries, prompts
         self.kl_ctl = make_kl_controller(cfg.kl.control, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
         accelerator = trainer.accelerator
@@ -472,6 +491,7 @@ class PPOSteps:
         rows = step_rows(step, cfg.train.batch_size, len(self.queries), cfg.train.seed)
         rows = rows[accelerator.process_index :: accelerator.num_processes]  # this process's share
         with trainer.for_generation() as (gen_policy, gen_critic):
+            synced = sync_engine(self.engine, gen_policy, trainer)
             rollout, seconds = collect_rollout(
                 gen_policy,
                 models.tokenizer,
@@ -482,7 +502,9 @@ class PPOSteps:
                 shaper=models.shaper,
                 settings=cfg.generation,
                 reference=models.reference,
+                engine=self.engine,
             )
+        seconds |= synced
         # 2. advantages: per-token KL-penalised rewards, GAE, returns
         beta = self.kl_ctl.value
         experience = trainer.experience(rollout, beta, cfg.kl.estimator)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -303,3 +304,43 @@ def reward_model_scorer(target: Any, run: StageRun, accelerator: Any, batch_size
     rm, rm_tok = load_reward_model(target, run.registry)
     rm = accelerator.prepare_model(rm.requires_grad_(False).eval(), evaluation_mode=True)
     return RewardModelScorer(rm, rm_tok, batch_size=batch_size)
+
+
+@contextmanager
+def rollout_engine(cfg: Any, trainer: Any, tokenizer: Any) -> Iterator[Any | None]:
+    """The run's generation engine (``generation.engine``): None for ``hf`` (the policy samples
+    itself), else a colocated :class:`~alignlab.models.engines.VLLMEngine`, closed at the end.
+    Its weights arrive with :func:`sync_engine` before the first rollout."""
+    from alignlab.models.engines import EngineKind, VLLMEngine, resolve_engine
+
+    kind = resolve_engine(cfg.generation.engine)
+    if kind == EngineKind.HF:
+        yield None
+        return
+    if trainer.accelerator.num_processes > 1:
+        raise ConfigError(
+            "generation.engine=vllm runs on one process for now (each rank's own colocated vLLM is "
+            "not tested here); set generation.engine=hf for multi-process runs"
+        )
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    engine = VLLMEngine(
+        policy,
+        tokenizer,
+        max_model_len=cfg.data.max_prompt_length + cfg.generation.max_new_tokens,
+        settings=cfg.generation.vllm,
+        seed=cfg.train.seed,
+    )
+    log.info("%s: vLLM engine ready in %.1f s", cfg.output, engine.startup_seconds)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def sync_engine(engine: Any | None, policy: Any, trainer: Any) -> dict[str, float]:
+    """Bring the engine's weights to the trainer's (once per optimiser update, inside the
+    trainer's :meth:`~alignlab.rl.trainer.PolicyTrainer.for_generation`); its seconds, for the
+    step's timings (nothing with the HF engine)."""
+    if engine is None:
+        return {}
+    return {"sync": engine.follow(policy, trainer.updates)}

@@ -15,6 +15,7 @@ from alignlab.distributed.config import (
     MixedPrecision,
     StageKind,
     accelerator_kwargs,
+    checkpointing_argument,
     deepspeed_config,
     enable_gradient_checkpointing,
     fill_auto,
@@ -127,8 +128,9 @@ def test_training_args_overrides_are_training_arguments_fields():
     group = DistributedGroup(zero_stage=3, mixed_precision="fp16", gradient_checkpointing=True)
     out = training_args_overrides(group, world_size=8)
     assert set(out) <= fields
-    assert out["fp16"] is True and out["bf16"] is False and out["activation_checkpointing"] is True
-    assert out["activation_checkpointing_kwargs"] == {"use_reentrant": False}
+    name = checkpointing_argument()  # activation_checkpointing from transformers 5.2x, before it gradient_
+    assert out["fp16"] is True and out["bf16"] is False and out[name] is True
+    assert out[f"{name}_kwargs"] == {"use_reentrant": False}
     assert out["deepspeed"]["zero_optimization"]["stage"] == 3
     single = training_args_overrides(DistributedGroup(mixed_precision="no"), world_size=1)
     assert "deepspeed" not in single and single["bf16"] is single["fp16"] is False
@@ -142,7 +144,7 @@ def test_overrides_win_over_trl_defaults(tmp_path, on):
     group = DistributedGroup(mixed_precision="no", gradient_checkpointing=on)
     base = {"output_dir": str(tmp_path), "use_cpu": True, "report_to": [], "gradient_checkpointing": False}
     args = SFTConfig(**{**base, **training_args_overrides(group, world_size=1)})
-    assert args.activation_checkpointing is on and args.gradient_checkpointing is on
+    assert getattr(args, checkpointing_argument()) is on and args.gradient_checkpointing is on
     assert args.bf16 is False and args.deepspeed is None
 
 
@@ -255,6 +257,10 @@ def test_gradient_checkpointing_on_a_tiny_model():
                          num_attention_heads=2, max_position_embeddings=32)  # fmt: skip
     model = LlamaForCausalLM(config)
     enable_gradient_checkpointing(model, DistributedGroup())
-    assert not model.is_activation_checkpointing
+
+    def checkpointing() -> bool:  # transformers 5.2x's name, and before it
+        return getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+
+    assert not checkpointing()
     enable_gradient_checkpointing(model, DistributedGroup(gradient_checkpointing=True))
-    assert model.is_activation_checkpointing and model.config.use_cache is False
+    assert checkpointing() and model.config.use_cache is False
