@@ -19,10 +19,17 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignlab.commands import Handler, friendly_errors
 from alignlab.registry import Artifact, Registry
+
+if TYPE_CHECKING:
+    from alignlab.models.engines import EngineKind
+
+# alignlab.models.engines.EngineKind's values, spelled out: importing it here would load torch for
+# every command (tests/unit/commands/test_eval_cli.py checks that the two agree)
+ENGINES = ("hf", "vllm", "auto")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -49,6 +56,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, parents=[common])
         p.set_defaults(func=friendly_errors(handler))
         return p
+
+    def engine_option(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument(
+            "--engine",
+            choices=ENGINES,
+            default="hf",
+            help=f"what {what}: hf (transformers' generate), vllm (vLLM loaded with the policy's "
+            "weights) or auto (vLLM where it imports); default hf",
+        )
 
     p = command("perplexity", _perplexity, "perplexity and bits per character on held-out text")
     p.add_argument("ref", metavar="REF", help="a causal LM reference")
@@ -86,6 +102,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--labels", default="12", choices=["12", "AB"], help="the LLM judge's answer labels")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    engine_option(p, "decodes both policies' answers")
 
     p = command("rm-accuracy", _rm_accuracy, "reward-model accuracy on a preference set")
     p.add_argument("ref", metavar="REF", help="a reward model reference (or pkg.mod:fn)")
@@ -107,6 +124,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw reward and gold against sqrt(KL)")
+    engine_option(p, "samples the answers")
 
     p = command("overopt", _overopt, "over-optimisation along a PPO run: proxy and gold score against KL")
     p.add_argument("ref", metavar="PPO_REF")
@@ -140,6 +158,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="S",
         help="also sample S answers per prompt and report pass@1..S of exactly right answers per family",
     )
+    engine_option(p, "decodes and samples the answers (greedy, --reward's and --pass-at-k's)")
     return parser
 
 
@@ -209,6 +228,7 @@ def _winrate(args: argparse.Namespace) -> int:
         limit=args.limit,
         max_new_tokens=args.max_new_tokens,
         labels=args.labels,
+        engine=_engine(args),
     )
     lines = [
         f"{result.policy_a} vs {result.policy_b}, judged by {result.judge} on {result.n} prompts:",
@@ -250,6 +270,7 @@ def _best_of_n(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         limit=args.limit,
+        engine=_engine(args),
     )
     lines = [
         f"best of N under {result.reward_ref} ({result.prompts} prompts):",
@@ -295,7 +316,8 @@ def _gold(args: argparse.Namespace) -> int:
     from alignlab.eval.gold_breakdown import gold_breakdown, reward_sees_correctness
 
     registry = Registry(args.registry)
-    result = gold_breakdown(args.ref, args.n, registry, max_new_tokens=args.max_new_tokens)
+    engine = _engine(args)
+    result = gold_breakdown(args.ref, args.n, registry, max_new_tokens=args.max_new_tokens, engine=engine)
     lines = [
         f"{args.ref}: gold {result.gold_score:.4f}, accuracy {result.gold_accuracy:.4f}, format "
         f"{result.gold_format:.4f}, format headroom {result.format_headroom:.4f} ({result.prompts} prompts)",
@@ -312,7 +334,13 @@ def _gold(args: argparse.Namespace) -> int:
         from alignlab.eval.gold_breakdown import correctness_pass_at_k
 
         passes = correctness_pass_at_k(
-            args.ref, args.n, args.pass_at_k, registry, max_new_tokens=args.max_new_tokens, seed=args.seed
+            args.ref,
+            args.n,
+            args.pass_at_k,
+            registry,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            engine=engine,
         )
         ks = list(passes.overall)
         lines.append(
@@ -333,6 +361,7 @@ def _gold(args: argparse.Namespace) -> int:
             registry,
             max_new_tokens=args.max_new_tokens,
             seed=args.seed,
+            engine=engine,
         )
         share = "n/a" if probe.share is None else f"{probe.share:.3f}"
         lines.append(
@@ -346,6 +375,14 @@ def _gold(args: argparse.Namespace) -> int:
             "probe": _as_json(probe),
         }
     return _finish(args, registry, output, metrics, "eval.gold", lines)
+
+
+def _engine(args: argparse.Namespace) -> EngineKind:
+    """``--engine``, resolved before anything loads: ``auto`` becomes hf or vllm, and vllm where
+    vLLM does not import is an error that names the option."""
+    from alignlab.models.engines import resolve_engine
+
+    return resolve_engine(args.engine, "--engine")
 
 
 # ---- output and storage -------------------------------------------------------------------------

@@ -115,11 +115,14 @@ def sample_and_score(
     batch_size: int,
     seed: int,
     desc: str = "sampling",
+    engine: str = "hf",
 ) -> tuple[list[list[str]], list[list[float]]]:
     """Sample ``k`` responses per prompt and score them (rejection sampling, best-of-N curves).
 
     Each prompt is repeated ``k`` times in a generation batch, so a batch holds
-    ``max(1, batch_size // k)`` prompts.
+    ``max(1, batch_size // k)`` prompts. ``engine`` is what samples (``hf`` | ``vllm`` | ``auto``,
+    see :func:`alignlab.models.generate`); vLLM samples every prompt in one call (one engine for
+    the whole set, row ``j`` of it seeded ``seed + j``), and the scoring then goes batch by batch.
 
     Returns:
         ``(samples, rewards)``, both (P, K): ``samples[p][j]`` is response j to prompt p.
@@ -128,9 +131,21 @@ def sample_and_score(
     from tqdm.auto import tqdm
 
     from alignlab.models import generate
+    from alignlab.models.engines import EngineKind, resolve_engine
     from alignlab.rewards import score_chats
 
     per_batch = max(1, batch_size // k)
+    sampling: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": True,
+        "temperature": temperature,
+        "top_p": top_p,
+    }
+    kind = resolve_engine(engine, "engine")
+    pregenerated: list[str] | None = None
+    if kind == EngineKind.VLLM and prompts:
+        everything = [p for p in prompts for _ in range(k)]  # prompt p at rows p*K .. p*K+K-1
+        pregenerated = generate(model, tokenizer, everything, **sampling, seed=seed, engine=kind)
     torch.manual_seed(seed)
     samples: list[list[str]] = []
     rewards: list[list[float]] = []
@@ -138,16 +153,12 @@ def sample_and_score(
     for start in bar:
         chunk = prompts[start : start + per_batch]
         repeated = [p for p in chunk for _ in range(k)]  # (B * K,): prompt p at rows p*K .. p*K+K-1
-        responses = generate(
-            model,
-            tokenizer,
-            repeated,
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            batch_size=len(repeated),
-        )
+        if pregenerated is not None:
+            responses = pregenerated[start * k : (start + len(chunk)) * k]
+        else:
+            responses = generate(
+                model, tokenizer, repeated, **sampling, batch_size=len(repeated), engine=kind
+            )
         scores = score_chats(scorer, repeated, responses)
         for i in range(len(chunk)):
             samples.append(responses[i * k : (i + 1) * k])

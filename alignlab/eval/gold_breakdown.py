@@ -113,11 +113,13 @@ def gold_breakdown(
     tokenizer: Any = None,
     max_new_tokens: int = 32,
     batch_size: int = 32,
+    engine: str = "hf",
 ) -> GoldBreakdown:
     """Greedy-decode ``policy`` on the first ``n`` held-out testbed prompts; gold metrics per family.
 
     ``policy`` is a reference (or a loaded model with ``tokenizer``). The overall numbers equal
-    ``alignlab.testbed.gold_score(policy, n)``'s for the same settings.
+    ``alignlab.testbed.gold_score(policy, n)``'s for the same settings. ``engine`` (``hf`` |
+    ``vllm`` | ``auto``) is what decodes, as in :func:`alignlab.models.generate`.
     """
     from alignlab.models import generate
     from alignlab.testbed.data import eval_prompts
@@ -127,7 +129,13 @@ def gold_breakdown(
     model, tokenizer = _load_policy(policy, registry, tokenizer)
     prompts = eval_prompts(n)
     responses = generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=False
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=False,
+        engine=engine,
     )
     judged = [judge(p, r) for p, r in zip(prompts, responses)]
     by_family: dict[str, list[Any]] = defaultdict(list)
@@ -148,11 +156,12 @@ def reward_sees_correctness(
     max_new_tokens: int = 32,
     batch_size: int = 64,
     seed: int = 0,
+    engine: str = "hf",
 ) -> CorrectnessProbe:
     """Sample ``k`` answers from ``policy`` to ``n`` held-out prompts; does ``reward`` prefer the right ones?
 
     Only pairs where both answers have a perfect format (``format * on_topic == 1``) count, so the
-    reward cannot tell them apart by style.
+    reward cannot tell them apart by style. ``engine`` samples them (:func:`sampled_rounds`).
     """
     from alignlab.rewards import load_scorer
     from alignlab.testbed.data import eval_prompts
@@ -165,7 +174,9 @@ def reward_sees_correctness(
     prompts = eval_prompts(n)
     wins = 0.0
     pairs = correct = 0
-    samples = sampled_rounds(model, tokenizer, prompts, k, temperature, max_new_tokens, batch_size, seed)
+    samples = sampled_rounds(
+        model, tokenizer, prompts, k, temperature, max_new_tokens, batch_size, seed, engine=engine
+    )
     scores = [scorer(prompts, responses) for responses in samples]
     for i, prompt in enumerate(prompts):
         judged = [judge(prompt, samples[r][i]) for r in range(k)]
@@ -227,10 +238,12 @@ def correctness_pass_at_k(
     max_new_tokens: int = 32,
     batch_size: int = 64,
     seed: int = 0,
+    engine: str = "hf",
 ) -> PassAtK:
     """Sample ``samples`` answers per held-out prompt: how often do k of them hold an exactly
     right one? What RL with a verifiable reward can teach from (a policy that never samples the
-    right answer gets no signal for it), against the greedy accuracy it has."""
+    right answer gets no signal for it), against the greedy accuracy it has. ``engine`` decodes
+    the greedy answers and samples the rest (:func:`sampled_rounds`)."""
     from alignlab.eval.best_of_n import curve_sizes
     from alignlab.models import generate
     from alignlab.testbed.data import eval_prompts
@@ -240,9 +253,17 @@ def correctness_pass_at_k(
     model, tokenizer = _load_policy(policy, registry, tokenizer)
     prompts = eval_prompts(n)
     greedy = generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=False
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=False,
+        engine=engine,
     )
-    draws = sampled_rounds(model, tokenizer, prompts, samples, temperature, max_new_tokens, batch_size, seed)
+    draws = sampled_rounds(
+        model, tokenizer, prompts, samples, temperature, max_new_tokens, batch_size, seed, engine=engine
+    )
     sizes = curve_sizes(samples)
     right = [sum(is_correct(p, d[i]) for d in draws) for i, p in enumerate(prompts)]
     by_family: dict[str, list[int]] = defaultdict(list)
@@ -270,23 +291,29 @@ def sampled_rounds(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    engine: str = "hf",
 ) -> list[list[str]]:
-    """``k`` rounds of one sampled answer per prompt (round r seeded ``seed + r``): (k, prompts)."""
-    from alignlab.models import generate
+    """``k`` rounds of one sampled answer per prompt (round r seeded ``seed + r``): (k, prompts).
 
-    return [
-        generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            do_sample=True,
-            temperature=temperature,
-            seed=seed + round_,
-        )
-        for round_ in range(k)
-    ]
+    ``engine`` is what samples (``hf`` | ``vllm`` | ``auto``, see :func:`alignlab.models.generate`).
+    vLLM samples all ``k`` rounds in one call (one engine, not one per round): answer ``i`` of
+    round ``r`` is seeded ``seed + r * len(prompts) + i``.
+    """
+    from alignlab.models import generate
+    from alignlab.models.engines import EngineKind, resolve_engine
+
+    kind = resolve_engine(engine, "engine")
+    sampling: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "do_sample": True,
+        "temperature": temperature,
+        "engine": kind,
+    }
+    if kind == EngineKind.VLLM and prompts:
+        flat = generate(model, tokenizer, [p for _ in range(k) for p in prompts], seed=seed, **sampling)
+        return [flat[r * len(prompts) : (r + 1) * len(prompts)] for r in range(k)]
+    return [generate(model, tokenizer, prompts, seed=seed + round_, **sampling) for round_ in range(k)]
 
 
 def _load_policy(policy: Any, registry: Registry | None, tokenizer: Any) -> tuple[Any, Any]:

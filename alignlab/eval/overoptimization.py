@@ -275,6 +275,7 @@ def best_of_n_eval(
     batch_size: int = 64,
     seed: int = 0,
     limit: int | None = None,
+    engine: str = "hf",
 ) -> BestOfNResult:
     """Sample ``n`` answers per prompt from ``policy``, score them, and build the best-of-N curves.
 
@@ -289,13 +290,17 @@ def best_of_n_eval(
         gold: also score with the testbed's gold scorer; default: when ``prompts`` is a testbed source.
         temperature, max_new_tokens, batch_size, seed: sampling settings.
         limit: use only the first N prompts.
+        engine: what samples: ``hf`` (transformers' ``generate``), ``vllm`` (vLLM loaded with the
+            policy's weights, one engine for all the samples) or ``auto`` (vLLM where it imports).
     """
     from alignlab.data import load_records
     from alignlab.eval.best_of_n import best_of_n_curve, curve_sizes, sample_and_score
     from alignlab.models import load_causal_lm
+    from alignlab.models.engines import resolve_engine
     from alignlab.rewards import load_scorer, prompt_text
 
     sizes = curve_sizes(n)
+    engine = resolve_engine(engine, "engine")  # an engine that cannot run here fails before loading
     chats = [
         r["prompt"] for r in load_records(prompts, kind="prompt", registry=registry, limit=limit).records
     ]
@@ -312,6 +317,7 @@ def best_of_n_eval(
         batch_size=batch_size,
         seed=seed,
         desc=f"best of {n}",
+        engine=engine,
     )
     gold_curve = None
     if gold if gold is not None else prompts.startswith("testbed:"):

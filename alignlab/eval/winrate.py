@@ -201,13 +201,20 @@ def answer(
     *,
     max_new_tokens: int = 48,
     batch_size: int = 32,
+    engine: str = "hf",
 ) -> list[str]:
-    """Greedy answers of the policy ``policy`` (a reference) to ``prompts``; the model is freed after."""
+    """Greedy answers of the policy ``policy`` (a reference) to ``prompts``; the model is freed after.
+    ``engine`` (``hf`` | ``vllm`` | ``auto``) decodes them, as in :func:`alignlab.models.generate`."""
     from alignlab.models import generate, load_causal_lm
 
     model, tokenizer = load_causal_lm(policy, registry)
     responses = generate(
-        model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size
+        model,
+        tokenizer,
+        list(prompts),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        engine=engine,
     )
     del model
     gc.collect()
@@ -225,6 +232,7 @@ def win_rate(
     max_new_tokens: int = 48,
     labels: str = "12",
     batch_size: int = 32,
+    engine: str = "hf",
 ) -> WinRateResult:
     """Win rate of ``policy_a`` against ``policy_b``.
 
@@ -238,8 +246,13 @@ def win_rate(
         max_new_tokens: answer length.
         labels: the LLM judge's labels.
         batch_size: prompts per generation batch.
+        engine: what decodes both policies' answers: ``hf`` (transformers' ``generate``),
+            ``vllm`` (vLLM loaded with the policy's weights) or ``auto`` (vLLM where it imports).
     """
+    from alignlab.models.engines import resolve_engine
+
     spec = JudgeSpec.parse(judge)  # a bad judge fails before any generation
+    engine = resolve_engine(engine, "engine")  # and so does an engine that cannot run here
     if isinstance(prompts, str):
         from alignlab.data import load_records
 
@@ -248,8 +261,9 @@ def win_rate(
         ]
     else:
         chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts][:limit]
-    responses_a = answer(policy_a, chats, registry, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    responses_b = answer(policy_b, chats, registry, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    decoding: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "engine": engine}
+    responses_a = answer(policy_a, chats, registry, **decoding)
+    responses_b = answer(policy_b, chats, registry, **decoding)
     result = judge_responses(spec, chats, responses_a, responses_b, registry, labels=labels)
     return dataclasses.replace(result, policy_a=_ref(policy_a, registry), policy_b=_ref(policy_b, registry))
 

@@ -199,6 +199,10 @@ class VLLMEngine:
                 enforce_eager=eager,
                 seed=seed,
                 enable_prefix_caching=False,  # weights change every step; nothing to reuse
+                # whole prefills only: vLLM 0.32 on CPU fails on a seeded request whose partial
+                # prefill is discarded ("CPU Generator does not use offset")
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(8192, self.max_model_len),
                 **({"gpu_memory_utilization": settings.gpu_memory_utilization} if self.cuda else {}),
                 **({"enable_sleep_mode": True} if self.sleep_between else {}),
             )

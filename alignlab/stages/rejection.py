@@ -21,6 +21,7 @@ from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, is_main_process
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.adapters import AdapterGroup
+from alignlab.models.engines import EngineKind
 from alignlab.registry import Artifact, Registry
 from alignlab.rewards import RewardFn, RewardInput, prompt_text, resolve_reward
 from alignlab.stages.contract import Input
@@ -70,6 +71,9 @@ class SamplingGroup:
             a batch holds max(1, batch_size // k) prompts.
         threshold: keep a prompt's best response only if its reward is at least this (None keeps all).
         seed: sampling seed of round 1 (round r uses seed + r - 1).
+        engine: hf | vllm | auto — what samples the candidates: transformers' generate, or vLLM
+            loaded with the policy's weights (auto: vLLM where it imports); see docs/performance.md.
+            vLLM samples a round's prompts in one call (batch_size then only batches the scoring).
     """
 
     k: int = 8
@@ -79,8 +83,14 @@ class SamplingGroup:
     batch_size: int = 64
     threshold: float | None = None
     seed: int = 0
+    engine: EngineKind = EngineKind.HF
 
     def __post_init__(self) -> None:
+        try:
+            self.engine = EngineKind(self.engine)
+        except ValueError:
+            choices = ", ".join(e.value for e in EngineKind)
+            raise ConfigError(f"sampling.engine: {self.engine!r} is not one of {choices}") from None
         if self.k < 1:
             raise ConfigError(f"sampling.k must be at least 1, got {self.k}")
         if self.temperature <= 0:
@@ -251,9 +261,11 @@ class RejectionSampling:
             from alignlab.eval.best_of_n import best_of_n_curve, plot_best_of_n, sample_and_score
             from alignlab.models import load_causal_lm
             from alignlab.models.adapters import quantization_kwargs
+            from alignlab.models.engines import resolve_engine
 
             if not is_main_process():  # sampling is not collective: the main process does it alone
                 return
+            engine = resolve_engine(cfg.sampling.engine, "sampling.engine")  # before the model loads
             model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
             chats = [r["prompt"] for r in run.data["prompts"].records]
             sampling = cfg.sampling
@@ -269,6 +281,7 @@ class RejectionSampling:
                 batch_size=sampling.batch_size,
                 seed=sampling.seed + round_ - 1,
                 desc=f"rejection sampling, round {round_}: best of {cfg.sampling.k}",
+                engine=engine,
             )
             selected = select_best(chats, samples, rewards, cfg.sampling.threshold)
             if not selected:

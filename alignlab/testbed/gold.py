@@ -219,6 +219,7 @@ def gold_score(
     tokenizer: Any = None,
     batch_size: int = 32,
     max_new_tokens: int = 32,
+    engine: str = "hf",
 ) -> dict[str, float]:
     """Greedy-decode a model's answers to the first ``n`` held-out prompts and score them.
 
@@ -230,6 +231,8 @@ def gold_score(
         tokenizer: the model's tokenizer (a reference brings its own).
         batch_size: prompts per generation batch.
         max_new_tokens: the answer budget; a clean answer needs about ten tokens.
+        engine: what decodes: ``hf`` (transformers' ``generate``), ``vllm`` or ``auto``
+            (see :func:`alignlab.models.generate`). The scoring is the same whichever decodes.
 
     Returns:
         ``{"gold_score": mean gold score, "gold_accuracy": share of exactly correct answers}``.
@@ -255,7 +258,13 @@ def gold_score(
         )
     prompts = eval_prompts(n)
     responses = generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=False
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=False,
+        engine=engine,
     )
     metrics = score_responses(prompts, responses)
     return {"gold_score": metrics["gold_score"], "gold_accuracy": metrics["gold_accuracy"]}

@@ -200,3 +200,20 @@ def test_ppo_learns_with_vllm_and_logs_the_logprob_gap(tiny_pipeline) -> None:
     assert all(
         h["engine/logprob_diff_mean"] < 1e-4 and h["engine/kl_sampler_trainer"] < 1e-4 for h in history
     )
+
+
+def test_evaluations_and_best_of_n_sample_with_vllm(tiny_sft) -> None:
+    """``generate(engine="vllm")`` (what ``eval gold/winrate --engine vllm`` call) is the HF
+    engine's greedy text; best-of-n / rejection sampling get K seeded samples per prompt."""
+    from alignlab.eval.best_of_n import sample_and_score
+    from alignlab.models import generate
+
+    model, tok = tiny_sft
+    assert generate(model, tok, PROMPTS, max_new_tokens=16, engine="vllm") == generate(
+        model, tok, PROMPTS, max_new_tokens=16
+    )
+    args = {"k": 3, "temperature": 1.0, "max_new_tokens": 12, "batch_size": 6, "seed": 4, "engine": "vllm"}
+    samples, rewards = sample_and_score(model, tok, brevity_reward, PROMPTS[:4], **args)
+    again, _ = sample_and_score(model, tok, brevity_reward, PROMPTS[:4], **args)
+    assert [len(s) for s in samples] == [3] * 4 and [len(r) for r in rewards] == [3] * 4
+    assert samples == again and any(len(set(s)) > 1 for s in samples)

@@ -181,3 +181,65 @@ def test_errors_are_one_line_and_exit_code_2(cli) -> None:
     assert code == 2 and err.startswith("error: policy:v1 has no 'history' metric")
     code, _, err = cli("report", "nope")
     assert code == 2 and "no artifact 'nope'" in err
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignlab")
+    eval_cmd.register(parser.add_subparsers())
+    return parser
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["gold", "sft", "--pass-at-k", "4"], ["best-of-n", "sft", "--reward", "rm"], ["winrate", "ppo", "sft"]],
+)
+def test_the_sampling_evaluations_take_an_engine_and_refuse_a_bad_one(argv, capsys) -> None:
+    from alignlab.models.engines import EngineKind
+
+    assert eval_cmd.ENGINES == tuple(e.value for e in EngineKind)
+    parser = _eval_parser()
+    assert parser.parse_args(["eval", *argv]).engine == "hf"  # the default keeps transformers' generate
+    for engine in ("hf", "vllm", "auto"):
+        assert parser.parse_args(["eval", *argv, "--engine", engine]).engine == engine
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["eval", *argv, "--engine", "foo"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "argument --engine: invalid choice: 'foo'" in err and "'vllm'" in err and "'auto'" in err
+
+
+def test_the_engine_reaches_every_generate_call_of_eval_gold(monkeypatch, tmp_path: Path, capsys) -> None:
+    import importlib
+
+    import alignlab.models
+    import alignlab.models.engines as engines
+
+    breakdown = importlib.import_module("alignlab.eval.gold_breakdown")  # the module, not the function
+    monkeypatch.setattr(engines, "vllm_unavailable", lambda: None)  # as if vLLM imported here
+    monkeypatch.setattr(breakdown, "_load_policy", lambda *a: (object(), object()))
+    calls = []
+
+    def generate(model, tokenizer, prompts, **kwargs):
+        calls.append((len(prompts), kwargs))
+        return ["The answer is 11."] * len(prompts)
+
+    monkeypatch.setattr(alignlab.models, "generate", generate)
+    args = _eval_parser().parse_args(
+        ["eval", "gold", "policy", "--n", "4", "--pass-at-k", "3", "--engine", "vllm", "--no-store"]
+    )
+    args.registry = str(tmp_path)
+    assert args.func(args) == 0 and "pass@3" in capsys.readouterr().out
+    assert {kw["engine"] for _, kw in calls} == {"vllm"}
+    # the breakdown's and pass@k's greedy answers, then all 3 rounds of samples in one vLLM call
+    assert [(n, kw["do_sample"]) for n, kw in calls] == [(4, False), (4, False), (12, True)]
+
+
+def test_engine_vllm_where_vllm_does_not_import_is_a_one_line_error(monkeypatch, tmp_path: Path, capsys):
+    import alignlab.models.engines as engines
+
+    monkeypatch.setattr(engines, "vllm_unavailable", lambda: "ImportError: No module named 'vllm'")
+    args = _eval_parser().parse_args(["eval", "gold", "policy", "--engine", "vllm"])
+    args.registry = str(tmp_path)
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --engine=vllm, but vLLM does not import here") and "--engine=hf" in err

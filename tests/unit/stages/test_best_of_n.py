@@ -120,3 +120,62 @@ def test_a_scorer_declares_what_of_a_chat_it_sees():
     score_chats(ChatScorer(), [chat], ["r"])
     score_chats(FunctionScorer(lambda p, r: seen.setdefault("fn", p) and [0.0] * len(r)), [chat], ["r"])
     assert seen["chat"] == [chat] and seen["fn"] == ["q?"]
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm", "auto"])
+def test_rejection_sampling_takes_an_engine(engine):
+    from alignlab.config import load_config, to_dict
+    from alignlab.models.engines import EngineKind
+    from alignlab.stages.rejection import RejectionSampling, RejectionSamplingConfig, SamplingGroup
+
+    assert SamplingGroup().engine is EngineKind.HF  # the default keeps transformers' generate
+    cfg = load_config(RejectionSamplingConfig, {"sampling": {"k": 4, "engine": engine}})
+    assert cfg.sampling.engine is EngineKind(engine) and cfg.sampling.k == 4
+    assert to_dict(cfg)["sampling"]["engine"] == engine
+    assert RejectionSampling({"sampling": {"engine": engine}}).config.sampling.engine == engine
+    assert SamplingGroup(engine=engine).engine is EngineKind(engine)  # built in Python, too
+
+
+def test_rejection_sampling_refuses_an_unknown_engine_naming_the_key():
+    from alignlab.stages.rejection import RejectionSampling, SamplingGroup
+
+    with pytest.raises(
+        ConfigError, match=r"'sampling\.engine': expected one of 'hf', 'vllm', 'auto', got 'foo'"
+    ):
+        RejectionSampling({"sampling": {"engine": "foo"}})
+    with pytest.raises(ConfigError, match=r"sampling\.engine: 'foo' is not one of hf, vllm, auto"):
+        SamplingGroup(engine="foo")
+
+
+def _recording_generate(calls):
+    def generate(model, tokenizer, prompts, **kwargs):
+        calls.append((list(prompts), kwargs))
+        return [f"{p} #{i}" for i, p in enumerate(prompts)]
+
+    return generate
+
+
+def test_sample_and_score_samples_in_batches_with_hf_and_in_one_call_with_vllm(monkeypatch):
+    import alignlab.models
+    import alignlab.models.engines as engines
+    from alignlab.eval.best_of_n import sample_and_score
+
+    monkeypatch.setattr(engines, "vllm_unavailable", lambda: None)  # as if vLLM imported here
+    prompts = ["a", "b", "c"]
+    scorer = lambda p, r: [float(len(x)) for x in r]  # noqa: E731
+    results = {}
+    for engine in ("hf", "vllm"):
+        calls = []
+        monkeypatch.setattr(alignlab.models, "generate", _recording_generate(calls))
+        settings = dict(k=2, temperature=0.7, max_new_tokens=4, batch_size=4, seed=3)
+        results[engine] = sample_and_score(object(), object(), scorer, prompts, **settings, engine=engine)
+        assert {kw["engine"] for _, kw in calls} == {engine}
+        batches = [rows for rows, _ in calls]
+        if engine == "hf":  # two prompts (4 rows) per batch, as before
+            assert batches == [["a", "a", "b", "b"], ["c", "c"]]
+        else:  # one engine for the whole set, seeded
+            assert batches == [["a", "a", "b", "b", "c", "c"]] and calls[0][1]["seed"] == 3
+    samples, rewards = results["vllm"]
+    assert samples == [["a #0", "a #1"], ["b #2", "b #3"], ["c #4", "c #5"]]
+    assert rewards == [[4.0, 4.0], [4.0, 4.0], [4.0, 4.0]]
+    assert [len(s) for s in results["hf"][0]] == [2, 2, 2]
