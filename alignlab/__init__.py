@@ -2,8 +2,11 @@
 
 import os
 
-# Tracking must never need the network unless the user asks for it.
+# Tracking and model/data loading never need the network unless the user asks for it:
+# WANDB_MODE=online, HF_HUB_OFFLINE=0 (docs/models.md). Set before huggingface_hub is imported,
+# which reads it once.
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __version__ = "0.1.0"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from alignlab.config import read_yaml
 from alignlab.errors import AlignlabError, ConfigError
 
 
@@ -110,7 +111,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
     inputs = dict(raw.pop("inputs", None) or {})
@@ -208,14 +209,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "force", None) == []:
         args.force = ["*"]
     setup_logging(args.verbose)
+    previous = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
     except AlignlabError as err:
         print(f"alignlab: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(
+            "alignlab: terminated (SIGTERM); nothing was published for the unfinished stage", file=sys.stderr
+        )
+        return 143
     except KeyboardInterrupt:
         print("alignlab: interrupted; nothing was published for the unfinished stage", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as for Ctrl-C: staging folders
+    removed, checkpoints kept, nothing published."""
+
+
+def _terminate_like_interrupt() -> Any:
+    """Route SIGTERM (what schedulers and ``kill`` send) through :class:`Terminated`; returns the
+    previous handler (None when not in the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -59,12 +59,81 @@ def load_config(cls: type[T], data: Mapping[str, Any] | T | None = None, where: 
             if isinstance(default, tp):
                 value = _overlay(default, value)
         kwargs[key] = _convert(tp, value, path)
+        if key == "output" and isinstance(kwargs[key], str):  # every stage's artifact name
+            from alignlab.registry.records import check_name
+
+            check_name(kwargs[key], what=f"'{path}' (the artifact name)")
     try:
         return cls(**kwargs)
+    except FieldRangeError as err:
+        raise ConfigError(f"'{where + '.' if where else ''}{err.field}': {err.message}") from None
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def read_yaml(path: Any) -> Any:
+    """A YAML file, parsed with ``yaml.safe_load``; a syntax error is a ConfigError naming
+    ``file:line:column`` and what is wrong there, as is a file that is not UTF-8 text."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise ConfigError(
+            f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+        ) from None
+
+
+class FieldRangeError(ValueError):
+    """A config value of the right type outside its range; ``load_config`` names the dotted key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"'{field}': {message}")
+        self.field, self.message = field, message
+
+
+def check_range(
+    obj: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+) -> None:
+    """Refuse ``obj.name`` unless it is finite and ``>= low``, ``<= high``, ``> above`` (each when
+    given); None values pass (they mean "off" or "all"). For a dataclass's ``__post_init__``."""
+    import math
+
+    value = getattr(obj, name)
+    if value is None:
+        return
+    bounds = []
+    if low is not None:
+        bounds.append(f">= {low:g}")
+    if above is not None:
+        bounds.append(f"> {above:g}")
+    if high is not None:
+        bounds.append(f"<= {high:g}")
+    if (
+        not math.isfinite(value)
+        or (low is not None and value < low)
+        or (above is not None and value <= above)
+        or (high is not None and value > high)
+    ):
+        raise FieldRangeError(name, f"must be a finite number {' and '.join(bounds)}, got {value!r}")
 
 
 def _field_default(f: dataclasses.Field) -> Any:

@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from alignlab.config import ConfigError, load_config, parse_override, set_path
+from alignlab.config import ConfigError, load_config, parse_override, read_yaml, set_path
 from alignlab.distributed.config import with_recipe_distributed
 from alignlab.errors import did_you_mean
 from alignlab.registry import Artifact, Registry
@@ -224,10 +222,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    raw = read_yaml(path)
     return parse_recipe(raw, overrides, where=str(path))
 
 
@@ -304,12 +299,24 @@ def run_recipe(
     """Run the entries in order; an input naming an earlier entry gets that entry's artifact.
 
     Args:
-        force: True retrains every entry; a list of entry names retrains those.
-        dry_run: validate and resolve references, train nothing.
+        force: True retrains every entry; a list of entry names retrains those (a name that is
+            no entry is an error).
+        dry_run: validate and resolve references, train nothing (a run does the same checks
+            first: :func:`check_recipe`).
     """
     registry = registry or Registry()
+    if not isinstance(force, bool):
+        names = [e.name for e in recipe.entries]
+        for name in force:
+            if name not in names:
+                raise ConfigError(
+                    f"{recipe.path}: --force {name!r} names no entry{did_you_mean(name, names)}; "
+                    f"entries: {', '.join(names)}"
+                )
+    # every entry's references, data and rewards are checked before the first one trains, so
+    # that a mistake in a late entry does not surface after the early ones spent their time
+    check_recipe(recipe, registry)
     if dry_run:
-        check_recipe(recipe, registry)
         return []
     produced: dict[str, Artifact] = {}
     results: list[StageResult] = []

@@ -143,7 +143,9 @@ def run_rollout(args: argparse.Namespace, fixture: Path) -> dict:
 
                 tokens = int(response_mask(response, stops)[0].sum())
             else:
-                sampled = engine.sample(queries, max_new_tokens=args.response_length, stop_ids=stops, seed=rep)
+                sampled = engine.sample(
+                    queries, max_new_tokens=args.response_length, stop_ids=stops, seed=rep
+                )
                 tokens = sum(len(r) for r in sampled.token_ids)
             rates.append(tokens / (time.perf_counter() - started))
         out[str(b)] = rates[-1]

@@ -6,6 +6,7 @@ Benchmarks (see each script's docstring for what exactly is timed):
     stages    SFT / RewardModel / DPO stages vs the TRL trainers called directly; SFT packing vs padding
     real      the same three on SmolLM2-135M-Instruct with LoRA: training steps per second
     rollout   PPO's sampling vs a plain ``model.generate`` loop, batch sizes 1-64
+    engine    PPO / GRPO with the vLLM engine vs the HF engine (tiny model, SmolLM2), rollout tokens/s
     profile   where one PPO run's time goes (torch.profiler and cProfile)
 
 Every comparison alternates its contenders (A B, B A, ...) over several repetitions and reports
@@ -362,8 +363,73 @@ def bench_grpo(fixture: Path, work: Path, quick: bool, reps: int, threads: int) 
     return text, {"settings": settings, "metrics": data, "runs": results}
 
 
+# --- engines ------------------------------------------------------------------------------------
+
+ENGINE_METRICS = [
+    ("episodes_per_s", "episodes / s", 3),
+    ("step_s", "s / step", 3),
+    ("generation_s", "generation s / step", 3),
+    ("forward_s", "inference passes s / step (vLLM: + the trainer's old log-probs)", 3),
+    ("sync_s", "weight sync s / step", 3),
+    ("training_s", "training s / step", 3),
+    ("process_s", "whole run s (loading, engine start)", 3),
+    ("peak_rss_mb", "peak RSS MB", 3),
+]
+
+
+def bench_engine(fixture: Path, work: Path, quick: bool, reps: int, threads: int) -> tuple[str, dict]:
+    """PPO and GRPO with generation.engine vllm vs hf, on the tiny model and SmolLM2-135M, and the
+    rollout sampling alone at batch sizes 8-128 (engine_bench.py, one process per repetition)."""
+    settings = (
+        ["--steps", "2", "--batch", "4", "--generations", "2", "--response-length", "8"]
+        if quick
+        else ["--steps", "4", "--batch", "16", "--generations", "4", "--response-length", "32"]
+    )
+    script = [MAIN_PY, str(HERE / "engine_bench.py"), "--fixture", str(fixture)]
+    text = [
+        "### Rollout engines: vLLM vs transformers `generate`\n\n"
+        f"The same stage run with `generation.engine: vllm` and `hf`: `{' '.join(settings)}` (PPO: "
+        "`--batch` prompts per step; GRPO: `--batch` prompts x `--generations`), temperature 1, fp32, "
+        "the reward `3 / (1 + words)`, LoRA r=16 on SmolLM2, full fine-tuning on the tiny model. Rates "
+        "leave out the first step (vLLM's warm-up); the engine's start is in the whole-run time.\n"
+    ]
+    data: dict[str, Any] = {"settings": settings}
+    for model in ("tiny", "smollm2"):
+        for stage in ("ppo", "grpo"):
+            common = [*script, "--model", model, "--stage", stage, *settings, "--engine"]
+            contenders = [Contender("vllm", [*common, "vllm"]), Contender("hf", [*common, "hf"])]
+            log(f"engine: {model} {stage}")
+            results = harness.run_alternating(contenders, reps, work / f"engine-{model}-{stage}", log=log)
+            rows, numbers = harness.comparison_rows(ENGINE_METRICS, results["vllm"], results["hf"])
+            table = markdown_table(["metric", "vllm", "hf", "vllm / hf"], rows)
+            text.append(
+                f"\n#### {stage.upper()} on {'SmolLM2-135M-Instruct' if model == 'smollm2' else 'the tiny model'}\n\n{table}\n"
+            )
+            data[f"{model}-{stage}"] = {"metrics": numbers, "runs": results}
+    sizes = ["8", "32"] if quick else ["8", "32", "128"]
+    common = [*script, "--model", "smollm2", "--mode", "rollout", "--batch-sizes", *sizes]
+    common += ["--response-length", "8" if quick else "32", "--engine"]
+    contenders = [Contender("vllm", [*common, "vllm"]), Contender("hf", [*common, "hf"])]
+    log("engine: rollout tokens/s")
+    results = harness.run_alternating(contenders, reps, work / "engine-rollout", log=log)
+    rows = []
+    for b in sizes:
+        v = [r["tokens_per_s"][b] for r in results["vllm"]]
+        h = [r["tokens_per_s"][b] for r in results["hf"]]
+        rows.append([b, cell(Summary.of(v)), cell(Summary.of(h)), f"**{fmt(harness.ratio(v, h))}**"])
+    table = markdown_table(["batch", "vLLM tokens/s", "`generate` tokens/s", "vllm / hf"], rows)
+    text.append(
+        "\n#### Rollout sampling alone, SmolLM2-135M-Instruct\n\n`VLLMEngine.sample` (with log-probs) vs "
+        "`sample_with_logprobs` (`model.generate` with its logits), temperature 1, up to 32 new tokens, "
+        f"after one warm-up call; real response tokens per second.\n\n{table}\n"
+    )
+    data["rollout"] = results
+    return "".join(text), data
+
+
 BENCHMARKS = {
     "ppo": bench_ppo,
+    "engine": bench_engine,
     "grpo": bench_grpo,
     "stages": bench_stages,
     "real": bench_real,

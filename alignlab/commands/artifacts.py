@@ -66,13 +66,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = command("history", _history, "show every metrics update of an artifact")
     p.add_argument("ref", metavar="REF")
     p.add_argument("--json", action="store_true", help="print a JSON array")
-    p = command("gc", _gc, "delete leftovers of crashed publishers (old staging and unindexed folders)")
+    p = command(
+        "gc",
+        _gc,
+        "delete what crashed runs left (dead staging folders, unindexed folders, partial and stale "
+        "checkpoints) and rewrite out-of-date artifact.json files from the index",
+    )
     p.add_argument(
         "--max-age-hours",
         type=float,
         default=1.0,
         metavar="H",
-        help="only staging folders untouched for H hours (default: 1)",
+        help="staging folders and partial checkpoints of dead runs untouched for H hours (default: 1)",
+    )
+    p.add_argument(
+        "--checkpoint-max-age-hours",
+        type=float,
+        default=168.0,
+        metavar="C",
+        help="a dead run's whole checkpoint folder untouched for C hours (default: 168, a week)",
     )
     parser.set_defaults(func=friendly_errors(_list), name=None, json=False)  # bare `artifacts` lists
     return parser
@@ -190,10 +202,12 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    removed = _registry(args).gc(max_age_s=args.max_age_hours * 3600)
+    removed = _registry(args).gc(
+        max_age_s=args.max_age_hours * 3600, checkpoint_max_age_s=args.checkpoint_max_age_hours * 3600
+    )
     for path in removed:
         print(f"removed {path}")
-    print(f"{len(removed)} leftover(s) removed")
+    print(f"{len(removed)} leftover(s) removed or repaired")
     return 0
 
 

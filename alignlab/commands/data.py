@@ -341,18 +341,14 @@ def _convert(args: argparse.Namespace) -> int:
 
 def load_prepare_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """A PrepareConfig from a YAML file and ``key.path=value`` overrides (errors name the file and key)."""
-    import yaml
 
-    from alignlab.config import apply_overrides, load_config
+    from alignlab.config import apply_overrides, load_config, read_yaml
     from alignlab.data.prepare import PrepareConfig
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (output, kind, sources, cleaning ...)")
     try:

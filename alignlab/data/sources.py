@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +44,54 @@ def _invalid_json(where: str, err: json.JSONDecodeError) -> RecordError:
     return RecordError(where, DropReason.INVALID_JSON, f"not valid JSON: {err.msg} (column {err.colno})")
 
 
+def max_record_bytes() -> int:
+    """The largest JSON line read, in bytes: ``ALIGNLAB_MAX_RECORD_MB`` (default 16 MB). A longer
+    line is a bad record (named ``file:line``) and is never held in memory whole."""
+    raw = os.environ.get("ALIGNLAB_MAX_RECORD_MB", "16")
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise DataError(f"ALIGNLAB_MAX_RECORD_MB={raw!r} is not a number of megabytes") from None
+    return int(mb * 1024 * 1024)
+
+
+def _lines(f: Any, limit: int) -> Iterator[tuple[bytes, bool]]:
+    """The file's lines as bytes, each cut at ``limit`` (the rest is skipped): ``(line, too_long)``."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield line, True
+        else:
+            yield line, False
+
+
 def read_jsonl(path: Path, label: str | None = None) -> Iterator[Row]:
-    """JSON lines, parsed line by line so that every error names ``file:line``; blank lines skipped."""
+    """JSON lines, parsed line by line so that every error names ``file:line``; blank lines
+    skipped. Each line is decoded on its own: bytes that are not UTF-8, or a line longer than
+    :func:`max_record_bytes`, make that line a bad record, not the whole file unreadable."""
     label = label or str(path)
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    limit = max_record_bytes()
+    with open(path, "rb") as f:
+        for number, (raw, too_long) in enumerate(_lines(f, limit), start=1):
+            where = f"{label}:{number}"
+            if too_long:
+                yield where, RecordError(where, DropReason.TOO_LARGE,
+                                         f"the line is longer than {limit / 2**20:g} MB "
+                                         "(ALIGNLAB_MAX_RECORD_MB raises the limit)")  # fmt: skip
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield where, RecordError(where, DropReason.NOT_UTF8,
+                                         f"not UTF-8 text: byte 0x{raw[err.start]:02x} at column {err.start + 1}; "
+                                         "re-encode the file as UTF-8")  # fmt: skip
+                continue
             if not line.strip():
                 continue
-            where = f"{label}:{number}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as err:
@@ -79,10 +120,22 @@ def _json_array(text: str, label: str) -> Iterator[Row]:
         i = skip(i + 1)  # the comma
 
 
+def read_utf8(path: Path) -> str:
+    """A whole file as UTF-8 text; bytes that are not UTF-8 are a DataError naming ``file:line``."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); re-encode the file as UTF-8"
+        ) from None
+
+
 def read_json(path: Path) -> Iterator[Row]:
     """A ``.json`` file: a list of records (numbered by the line each starts on), one record, or JSON lines."""
     label = str(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -17,6 +17,8 @@ class DropReason(StrEnum):
     """Why a record was refused; the keys of ``LoadReport.dropped``."""
 
     INVALID_JSON = "not valid JSON"
+    NOT_UTF8 = "not UTF-8 text"
+    TOO_LARGE = "record too large"
     NOT_A_RECORD = "not a record"
     UNKNOWN_FORMAT = "unknown format"
     MISSING_FIELD = "missing field"

@@ -41,6 +41,13 @@ from alignlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+class OldLogprobs(StrEnum):
+    """Where the vLLM engine's rollouts take their old log-probs from (``generation.vllm.logprobs``)."""
+
+    TRAINER = "trainer"
+    ENGINE = "engine"
+
+
 class EngineKind(StrEnum):
     """Which engine samples responses (``generation.engine``)."""
 
@@ -61,14 +68,21 @@ class VLLMSettings:
             CUDA. Source — TRL's colocate default (0.3), which leaves the rest to training.
         sleep: on CUDA, put vLLM to sleep between rollouts (its sleep mode frees the KV cache and
             weights for the update) and wake it to generate. Source — TRL's ``vllm_enable_sleep_mode``.
-        enforce_eager: skip CUDA graphs / torch.compile. None: on for CPU (no graphs there), off
-            on CUDA (graphs are vLLM's fast path).
+        enforce_eager: skip CUDA graphs / torch.compile. Unset (None) means on for CPU, where
+            there are no graphs, and off on CUDA, where graphs are vLLM's fast path.
+        logprobs: trainer | engine — the old log-probs of the clipped ratio. ``trainer``: the
+            trainer recomputes them for vLLM's tokens (one inference pass; the ratio is exact,
+            and the gap to vLLM's is logged as ``engine/*``). ``engine``: vLLM's own are used,
+            saving that pass; the ratio then also carries the sampler/trainer mismatch, which
+            the clip bounds, as in TRL without its truncated importance-sampling weight.
+            Source — alignlab (exact by default; measured in docs/performance.md).
     """
 
     kv_cache_gib: float = 2.0
     gpu_memory_utilization: float = 0.3
     sleep: bool = True
     enforce_eager: bool | None = None
+    logprobs: OldLogprobs = OldLogprobs.TRAINER
 
 
 @dataclass
@@ -184,6 +198,9 @@ class VLLMEngine:
         limit = getattr(base.config, "max_position_embeddings", None)
         self.max_model_len = min(max_model_len, limit) if limit else max_model_len
         started = time.perf_counter()
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process;
+        # close() puts it back
+        self._set_num_threads = torch.set_num_threads
         with _launcher_env(), _cpu_kv_cache(settings.kv_cache_gib):
             from vllm import LLM
 
@@ -313,6 +330,7 @@ class VLLMEngine:
 
             state._WORLD = None
         self._dir.cleanup()
+        torch.set_num_threads = self._set_num_threads
         import gc
 
         gc.collect()

@@ -36,6 +36,7 @@ def model_location(target: Artifact | ExternalRef) -> str:
         ReferenceNotFound: a local path that holds no model.
     """
     if hasattr(target, "path"):
+        check_weights(target)
         return str(target.path)
     if not target.is_local:
         return target.location
@@ -44,6 +45,44 @@ def model_location(target: Artifact | ExternalRef) -> str:
     check_local_model(target)
     location = Path(target.location)
     return str(converted_folder(location)) if is_gguf(location) else str(location)
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+
+
+def check_weights(art: Artifact) -> None:
+    """Refuse an artifact whose weight files (``*.safetensors``) differ from the checksums in its
+    record: tampered, truncated or half-copied weights are never loaded. Each file is hashed once
+    per process (again only if its size or mtime changes). ``ALIGNLAB_VERIFY_WEIGHTS=0`` skips it.
+
+    Raises:
+        RegistryError: naming the file, with what to run.
+    """
+    import os
+
+    from alignlab.errors import RegistryError
+    from alignlab.registry import sha256_of
+
+    if os.environ.get("ALIGNLAB_VERIFY_WEIGHTS", "1") == "0":
+        return
+    for rel, expected in getattr(art, "files", {}).items():
+        if not rel.endswith(".safetensors"):
+            continue
+        path = art.path / rel
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise RegistryError(
+                f"{art.ref}: {rel} is missing; run `alignlab artifacts verify {art.ref}`"
+            ) from None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        actual = _VERIFIED.get(key) or sha256_of(path)
+        if actual != expected:
+            raise RegistryError(
+                f"{art.ref}: {rel} does not match the checksum recorded when it was published "
+                f"(changed or damaged since); run `alignlab artifacts verify {art.ref}`"
+            )
+        _VERIFIED[key] = actual
 
 
 def check_local_model(target: ExternalRef) -> None:
@@ -81,8 +120,16 @@ def _from_pretrained(
     except OSError as err:
         raise ReferenceNotFound(
             f"could not load a model from {location!r}: {err}. A hub id needs network access or a "
-            "local cache (HF_HUB_OFFLINE=1 is set by default); weights must be in safetensors format."
+            "local cache (HF_HUB_OFFLINE=1 is set by default; HF_HUB_OFFLINE=0 allows downloads); "
+            "weights must be in safetensors format."
         ) from err
+    except Exception as err:
+        if "safetensor" not in type(err).__name__.lower() and "safetensor" not in str(err).lower():
+            raise
+        raise ReferenceNotFound(
+            f"could not load a model from {location!r}: a damaged safetensors file ({err}); if it is "
+            "an artifact, run `alignlab artifacts verify`"
+        ) from None
 
 
 def load_tokenizer(

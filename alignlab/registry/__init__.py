@@ -34,6 +34,7 @@ from typing import Any
 
 from alignlab.errors import ConfigError, ReferenceNotFound, RegistryError, did_you_mean
 from alignlab.registry.index import LATEST, Index
+from alignlab.registry.liveness import LOCKS_DIR, SUFFIX, alive, flocked, is_alive
 from alignlab.registry.provenance import (
     alignlab_version,
     checksums,
@@ -266,10 +267,26 @@ class Registry:
         return found or ExternalRef(parent_id, parent_id, is_local=False, missing=True)
 
     def verify(self, ref: str | Artifact) -> list[str]:
-        """Re-hash the artifact's files; the problems found (missing, extra, changed), [] when intact."""
+        """Re-hash the artifact's files; the problems found, [] when intact: files missing, extra or
+        changed, symbolic links (an artifact holds plain files only), and an artifact.json that
+        differs from the index's record."""
         art = self.get(ref)
+        try:
+            self._inside(art.path)
+        except RegistryError as err:
+            return [str(err)]
+        if art.path.is_symlink():
+            return [f"symlink: {art.path} -> {os.readlink(art.path)} (an artifact folder is a plain folder)"]
         if not art.path.is_dir():
             return [f"folder missing: {art.path}"]
+        links = [
+            f"symlink: {Path(d, n).relative_to(art.path).as_posix()} -> {os.readlink(Path(d, n))}"
+            for d, dirs, files in os.walk(art.path)
+            for n in [*dirs, *files]
+            if Path(d, n).is_symlink()
+        ]
+        if links:
+            return sorted(links)
         actual = checksums(art.path)
         problems = [f"missing: {rel}" for rel in sorted(set(art.files) - set(actual))]
         problems += [f"extra: {rel}" for rel in sorted(set(actual) - set(art.files))]
@@ -278,6 +295,12 @@ class Registry:
         ]
         if not (art.path / RECORD_FILE).is_file():
             problems.append(f"missing: {RECORD_FILE}")
+        else:
+            row = self._db.query("SELECT record FROM artifacts WHERE id = ?", (art.id,))
+            if row and _canonical(_read_record(art.path)) != _canonical(json.loads(row[0][0])):
+                problems.append(
+                    f"changed: {RECORD_FILE} (differs from the index; `alignlab artifacts gc` rewrites it from the index)"
+                )
         return problems
 
     # ---- writes ---------------------------------------------------------------------------------
@@ -312,14 +335,15 @@ class Registry:
             "fingerprint": fingerprint,
         }
         staging = self.root / STAGING_DIR / uuid.uuid4().hex
-        staging.mkdir(parents=True)
-        pub = Publication(dir=staging)
-        try:
-            yield pub
-            record["metrics"] = _plain(pub.metrics)
-            pub.artifact = self._commit(staging, record)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone on success too: it was renamed
+        with alive(staging):  # gc leaves a live publisher's folder alone
+            staging.mkdir(parents=True)
+            pub = Publication(dir=staging)
+            try:
+                yield pub
+                record["metrics"] = _plain(pub.metrics)
+                pub.artifact = self._commit(staging, record)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # gone on success too: it was renamed
 
     def _commit(self, staging: Path, record: dict[str, Any]) -> Artifact:
         name = record["name"]
@@ -406,8 +430,12 @@ class Registry:
                 "INSERT INTO metrics_history (artifact_id, source, metrics, created_at) VALUES (?, ?, ?, ?)",
                 (art.id, str(source), _dumps(metrics), _now()),
             )
-            if art.path.is_dir():
-                _write_json(art.path / RECORD_FILE, _ordered(record))
+            # inside the transaction: a crash before the commit leaves artifact.json ahead of the
+            # index, which verify reports and gc rewrites from the index (the source of truth)
+            if art.path.is_dir() and not art.path.is_symlink():
+                staging = self.root / STAGING_DIR
+                staging.mkdir(parents=True, exist_ok=True)
+                _write_json(self._inside(art.path) / RECORD_FILE, _ordered(record), tmp_dir=staging)
         return self.get(art.id)
 
     def tag(self, ref: str | Artifact, alias: str) -> Artifact:
@@ -417,11 +445,28 @@ class Registry:
         if alias == "latest" or _VERSION_RE.match(alias):
             raise ConfigError(f"alias {alias!r} would be confused with a version; pick a word such as 'best'")
         with self._db.transaction() as conn:
+            # under the write lock: a remove that won the race has already deleted the row
+            if conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (art.id,)).fetchone() is None:
+                raise ReferenceNotFound(f"{art.ref} ({art.id}) was removed from the registry; nothing tagged")
             conn.execute(
                 "INSERT OR REPLACE INTO aliases (name, alias, artifact_id) VALUES (?, ?, ?)",
                 (art.name, alias, art.id),
             )
         return self.get(art.id)
+
+    # ---- runs in progress -----------------------------------------------------------------------
+
+    def fingerprint_lock(self, fingerprint: str, stage: str) -> Any:
+        """Held by the process that trains ``fingerprint``: an identical run started meanwhile
+        waits for it, then finds and reuses what it published."""
+        return flocked(
+            self.root / LOCKS_DIR / f"fingerprint-{fingerprint}.lock",
+            wait_message=f"{stage}: another run with fingerprint {fingerprint} is training; waiting to reuse its artifact",
+        )
+
+    def in_use(self, artifact: Artifact) -> Any:
+        """Held (shared) by a running stage on each artifact it reads: ``remove`` refuses it meanwhile."""
+        return flocked(self.root / LOCKS_DIR / f"in-use-{artifact.id}.lock", shared=True)
 
     def remove(self, ref: str | Artifact, force: bool = False) -> None:
         """Delete an artifact's folder and index row; refuses while other artifacts derive from it.
@@ -430,61 +475,149 @@ class Registry:
             RegistryError: the artifact has children and ``force`` is False.
         """
         art = self.get(ref)
-        trash = self.root / STAGING_DIR / f"removed-{uuid.uuid4().hex}"
-        moved = False
+        folder = self._inside(art.path)
+        pin = self.root / LOCKS_DIR / f"in-use-{art.id}.lock"
+        held = flocked(pin, wait=False)  # exclusive: no stage can start reading it meanwhile
         try:
-            with (
-                self._db.transaction() as conn
-            ):  # checked under the write lock: no child can appear meanwhile
-                children = conn.execute(
-                    "SELECT a.name, a.version FROM parents p JOIN artifacts a ON a.id = p.child "
-                    "WHERE p.parent = ? ORDER BY a.name, a.version",
-                    (art.id,),
-                ).fetchall()
-                if children and not force:
-                    raise RegistryError(
-                        f"{art.ref} is a parent of {', '.join(f'{n}:v{v}' for n, v in children)}; remove "
-                        "those first, or pass force=True (--force) to keep them with a dangling parent"
-                    )
-                conn.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
-                conn.execute("DELETE FROM parents WHERE child = ?", (art.id,))
-                conn.execute("DELETE FROM aliases WHERE artifact_id = ?", (art.id,))
-                conn.execute("DELETE FROM metrics_history WHERE artifact_id = ?", (art.id,))
-                if art.path.exists():
-                    trash.parent.mkdir(parents=True, exist_ok=True)
-                    os.rename(art.path, trash)
-                    moved = True
-        except BaseException:
-            if moved:
-                os.rename(trash, art.path)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
+            held.__enter__()
+        except BlockingIOError:
+            raise RegistryError(
+                f"{art.ref} is an input of a stage that is running now; remove it once that run ends"
+            ) from None
+        try:
+            self._remove(art, folder, force)
+        finally:
+            pin.unlink(missing_ok=True)
+            held.__exit__(None, None, None)
 
-    def gc(self, max_age_s: float = 3600.0) -> list[Path]:
-        """Remove leftovers of crashed publishers: staging folders untouched for ``max_age_s`` seconds
-        and version folders that hold an artifact.json but have no index row. Returns what was removed."""
+    def _remove(self, art: Artifact, folder: Path, force: bool) -> None:
+        with self._db.transaction() as conn:  # checked under the write lock: no child can appear meanwhile
+            children = conn.execute(
+                "SELECT a.name, a.version FROM parents p JOIN artifacts a ON a.id = p.child "
+                "WHERE p.parent = ? ORDER BY a.name, a.version",
+                (art.id,),
+            ).fetchall()
+            if children and not force:
+                raise RegistryError(
+                    f"{art.ref} is a parent of {', '.join(f'{n}:v{v}' for n, v in children)}; remove "
+                    "those first, or pass force=True (--force) to keep them with a dangling parent"
+                )
+            conn.execute("DELETE FROM artifacts WHERE id = ?", (art.id,))
+            conn.execute("DELETE FROM parents WHERE child = ?", (art.id,))
+            conn.execute("DELETE FROM aliases WHERE artifact_id = ?", (art.id,))
+            conn.execute("DELETE FROM metrics_history WHERE artifact_id = ?", (art.id,))
+        # The index no longer lists it: it is removed. The folder goes after the commit, so a crash
+        # at any point leaves either the listed artifact whole or an unlisted folder, which gc removes.
+        _delete(folder, self.root / STAGING_DIR)
+
+    def _inside(self, path: Path) -> Path:
+        """``path`` (derived from an index row), refused unless it stays under the registry root."""
+        absolute = Path(os.path.abspath(path))
+        if absolute == self.root or not absolute.is_relative_to(self.root) or ".." in path.parts:
+            raise RegistryError(
+                f"the index names a folder outside the registry ({path}); the index at "
+                f"{self._db.path} was edited by hand or damaged: nothing outside {self.root} is touched"
+            )
+        return absolute
+
+    def gc(self, max_age_s: float = 3600.0, checkpoint_max_age_s: float = 7 * 86400.0) -> list[Path]:
+        """Remove what crashed or finished runs left behind, and repair what a crash left half-done:
+
+        - staging folders untouched for ``max_age_s`` seconds, unless a live process holds them
+          (:mod:`alignlab.registry.liveness`), and stray live marks;
+        - version folders with an artifact.json but no index row (a publish or a remove cut short);
+        - in ``.checkpoints``: partial checkpoints (``.tmp-*``, a step folder without its state
+          file) older than ``max_age_s``, and a run's whole checkpoint folder untouched for
+          ``checkpoint_max_age_s`` (default a week: a crashed run stays resumable that long),
+          unless its run is live;
+        - an artifact.json that differs from its index row (a metrics update cut short) is
+          rewritten from the index.
+
+        Returns the paths removed or rewritten.
+        """
+        from alignlab.rl.checkpoint import partial_checkpoints
+
         removed: list[Path] = []
+        now = time.time()
         staging = self.root / STAGING_DIR
         if staging.is_dir():
             for entry in staging.iterdir():
-                if time.time() - newest_mtime(entry) > max_age_s:
-                    shutil.rmtree(entry, ignore_errors=True)
+                if entry.name.endswith(SUFFIX):
+                    if (
+                        not is_alive(entry.with_name(entry.name[: -len(SUFFIX)]))
+                        and now - entry.stat().st_mtime > max_age_s
+                    ):
+                        entry.unlink(missing_ok=True)
+                    continue
+                if not is_alive(entry) and now - newest_mtime(entry) > max_age_s:
+                    _delete(entry, None)
                     removed.append(entry)
+        runs = self.root / CHECKPOINTS_DIR
+        if runs.is_dir():
+            for mark in runs.glob(f"*{SUFFIX}"):  # a killed run's live mark (its lock died with it)
+                if not is_alive(mark.with_name(mark.name[: -len(SUFFIX)])):
+                    mark.unlink(missing_ok=True)
+            for run in sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()):
+                if is_alive(run):
+                    continue
+                if now - newest_mtime(run) > checkpoint_max_age_s:
+                    _delete(run, None)
+                    removed.append(run)
+                    continue
+                for part in partial_checkpoints(run):
+                    if now - newest_mtime(part) > max_age_s:
+                        _delete(part, None)
+                        removed.append(part)
         if not self._db.path.exists():
             return removed
         with self._db.transaction() as conn:  # the write lock: no publisher is between rename and commit
-            known = {(n, v) for n, v in conn.execute("SELECT name, version FROM artifacts")}
+            rows = {(n, v): r for n, v, r in conn.execute("SELECT name, version, record FROM artifacts")}
             for folder in self.root.glob("*/v*"):
                 name, version = folder.parent.name, folder.name[1:]
-                if (
-                    _NAME_RE.match(name)
-                    and version.isdigit()
-                    and (name, int(version)) not in known
-                    and (folder / RECORD_FILE).is_file()
-                ):
-                    shutil.rmtree(folder, ignore_errors=True)
+                if not (_NAME_RE.match(name) and version.isdigit()):
+                    continue
+                row = rows.get((name, int(version)))
+                if row is None and ((folder / RECORD_FILE).is_file() or folder.is_symlink()):
+                    _delete(folder, None)
                     removed.append(folder)
+                elif row is not None and folder.is_dir() and not folder.is_symlink():
+                    if _canonical(_read_record(folder)) != _canonical(json.loads(row)):
+                        staging.mkdir(parents=True, exist_ok=True)
+                        _write_json(folder / RECORD_FILE, _ordered(json.loads(row)), tmp_dir=staging)
+                        removed.append(folder / RECORD_FILE)
         return removed
+
+
+CHECKPOINTS_DIR = ".checkpoints"
+
+
+def _read_record(folder: Path) -> Any:
+    """An artifact folder's artifact.json, parsed; None when unreadable."""
+    try:
+        return json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _canonical(record: Any) -> str:
+    """A record as one comparable string (NaN equals NaN here, key order does not matter)."""
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def _delete(path: Path, trash_dir: Path | None) -> None:
+    """Remove a folder (moved into ``trash_dir`` first when given, so that no half-deleted folder
+    keeps its name), or a symbolic link itself, never what it points to."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    if trash_dir is not None:
+        trash_dir.mkdir(parents=True, exist_ok=True)
+        trash = trash_dir / f"removed-{uuid.uuid4().hex}"
+        os.rename(path, trash)
+        path = trash
+    shutil.rmtree(path, ignore_errors=True)
 
 
 __all__ = [

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alignlab.errors import RegistryError
 from alignlab.registry.records import INDEX_FILE, Artifact
 
 BUSY_TIMEOUT_S = 60.0
@@ -59,9 +61,25 @@ class Index:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding the index's write lock from the start (BEGIN IMMEDIATE)."""
+        """A write transaction holding the index's write lock from the start (BEGIN IMMEDIATE).
+
+        SQLite waits up to ``BUSY_TIMEOUT_S`` for another writer; past that, up to three more
+        tries with a growing pause, then a RegistryError that says who to look for."""
         with self.connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            for attempt in range(4):
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as err:
+                    if "locked" not in str(err) and "busy" not in str(err):
+                        raise
+                    if attempt == 3:
+                        raise RegistryError(
+                            f"the registry index {self.path} stayed locked by another writer for over "
+                            f"{4 * BUSY_TIMEOUT_S:.0f} s; is a process stuck holding it (look for alignlab "
+                            "processes on this registry), or is the registry on a file system without locking?"
+                        ) from None
+                    time.sleep(2.0**attempt)
             try:
                 yield conn
             except BaseException:

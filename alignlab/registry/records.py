@@ -113,13 +113,19 @@ class Publication:
     artifact: Artifact | None = None
 
 
+MAX_NAME_LENGTH = 100  # a folder name; file systems stop at 255 bytes, paths inside need room
+
+
 def check_name(name: str, what: str = "artifact name") -> str:
-    """Refuse names that references could not express (``:``, ``@``, ``/``, spaces, ...)."""
+    """Refuse names that references could not express (``:``, ``@``, ``/``, spaces, ...), and
+    names too long to be a folder."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(
             f"bad {what} {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit "
             "(':' and '@' separate versions and aliases, '/' separates folders)"
         )
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{what} {name[:40]}... is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
     return name
 
 
@@ -168,9 +174,10 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record[key] for key in _RECORD_ORDER.split() if key in record}
 
 
-def _write_json(path: Path, value: Any) -> None:
-    """Write ``path`` atomically: a temporary file beside it, fsynced, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+def _write_json(path: Path, value: Any, tmp_dir: Path | None = None) -> None:
+    """Write ``path`` atomically: a temporary file (beside it, or in ``tmp_dir`` on the same file
+    system, so that a crash leaves nothing inside a published artifact), fsynced, then ``os.replace``."""
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         with tmp.open("w", encoding="utf-8") as f:
             f.write(json.dumps(value, indent=2, default=_json_default) + "\n")

@@ -143,10 +143,38 @@ def save_checkpoint(
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for old in checkpoints(root):
+    for old in [*checkpoints(root), *partial_checkpoints(root, include_tmp=False)]:
         if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     return final
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint folder by first renaming it to ``.tmp-*``: a crash midway leaves a
+    folder that no reader takes for a checkpoint (and ``gc`` removes), never a half-deleted step."""
+    trash = path.with_name(f".tmp-{uuid.uuid4().hex}")
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def partial_checkpoints(root: str | Path, *, include_tmp: bool = True) -> list[Path]:
+    """What a crash left under a run's checkpoint folder: step folders without their state file
+    (the state file is written last) and, with ``include_tmp``, unfinished writes (``.tmp-*``)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.is_symlink():
+            continue
+        if p.name.startswith(PREFIX) and not (p / STATE_FILE).exists():
+            out.append(p)
+        elif include_tmp and p.name.startswith(".tmp-"):
+            out.append(p)
+    return out
 
 
 def checkpoints(root: str | Path) -> list[Path]:
@@ -184,9 +212,10 @@ def load_checkpoint(path: str | Path, *, modules: Mapping[str, torch.nn.Module])
 
 
 def remove_checkpoints(root: str | Path) -> None:
-    """Delete the checkpoints under ``root`` (and ``root`` when nothing else is left in it)."""
+    """Delete the checkpoints under ``root``, complete or partial (and ``root`` when nothing else
+    is left in it)."""
     root = Path(root)
-    for path in checkpoints(root):
-        shutil.rmtree(path, ignore_errors=True)
+    for path in [*checkpoints(root), *partial_checkpoints(root)]:
+        _discard(path)
     if root.is_dir() and not any(root.iterdir()):
         root.rmdir()

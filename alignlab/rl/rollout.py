@@ -428,6 +428,8 @@ def collect_rollout(
     start = time.perf_counter()
     if engine is None:
         old_logprobs = old_logprobs * mask  # after the end, generate sampled padding the forward passes mask
+    elif str(getattr(getattr(settings, "vllm", None), "logprobs", "trainer")) == "engine":
+        old_logprobs, sampler_logprobs = sampler_logprobs * mask, None  # vLLM's own, no extra pass
     else:  # the trainer's own log-probs of vLLM's tokens: the PPO ratio stays exact
         old_logprobs = sequence_logprobs(
             policy, query, query_mask, response, mask, settings.temperature, settings.batch_size

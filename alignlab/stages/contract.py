@@ -98,6 +98,8 @@ def check_kind(stage: str, spec: Input, target: Any) -> None:
     from alignlab.errors import ConfigError
 
     kind = getattr(target, "kind", None)
+    if kind == "external":
+        kind = folder_kind(target)  # a local model folder says what it is in its config.json
     if kind in (None, "external", "missing") or kind in spec.kinds:
         return
     wanted = " or ".join(spec.kinds) + (" artifact, or a reward function" if spec.function else " artifact")
@@ -105,3 +107,24 @@ def check_kind(stage: str, spec: Input, target: Any) -> None:
         f"{stage}: input '{spec.role}' is {getattr(target, 'ref', target)}, a {kind} artifact; "
         f"it takes a {wanted}" + (f" ({spec.doc})" if spec.doc else "")
     )
+
+
+def folder_kind(target: Any) -> str | None:
+    """``model`` or ``reward_model`` for a local Hugging Face folder outside the registry, from
+    the architectures its ``config.json`` names (a causal LM, or a one-label sequence
+    classifier); None when it cannot tell (a hub id, a GGUF file, another architecture)."""
+    import json
+    from pathlib import Path
+
+    if not getattr(target, "is_local", False):
+        return None
+    config = Path(target.location) / "config.json"
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    if architectures and all(a.endswith("ForSequenceClassification") for a in architectures):
+        return "reward_model"
+    if architectures and all(a.endswith("ForCausalLM") for a in architectures):
+        return "model"
+    return None

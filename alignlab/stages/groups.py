@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from alignlab.config import run_control, run_control_group
+from alignlab.config import FieldRangeError, check_range, run_control, run_control_group
 
 
 class ReportTo(StrEnum):
@@ -49,6 +49,22 @@ class TrainGroup:
     seed: int = 0
     logging_steps: int = run_control(default=10)
 
+    def __post_init__(self) -> None:
+        check_range(self, "lr", above=0)
+        check_range(self, "batch_size", low=1)
+        check_range(self, "grad_accum", low=1)
+        check_range(self, "warmup_ratio", low=0, high=1)
+        check_range(self, "weight_decay", low=0)
+        check_range(self, "max_grad_norm", low=0)
+        check_range(self, "logging_steps", low=1)
+        check_range(self, "epochs", low=0)
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise FieldRangeError(
+                "epochs",
+                f"is {self.epochs:g} with max_steps {self.max_steps}: nothing would be trained "
+                "(set epochs > 0, or max_steps > 0)",
+            )
+
 
 @dataclass
 class DataSource:
@@ -66,6 +82,12 @@ class DataSource:
     format: str = "auto"
     strict: bool = True
     limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_range(self, "limit", low=1)
+        for name in ("max_length", "max_prompt_length"):
+            if hasattr(self, name):
+                check_range(self, name, low=1)
 
 
 @dataclass

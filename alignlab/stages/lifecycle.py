@@ -15,6 +15,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,14 +242,50 @@ def run_stage(
     """Reuse the artifact with the same fingerprint, or run ``body`` and publish what it wrote."""
     resolved_config = to_dict(config)
     fp = stage_fingerprint(stage, config, inputs, data)
+    from alignlab.distributed.runtime import barrier, is_main_process
+
+    with ExitStack() as held:
+        if is_main_process():
+            # an identical run already training: wait for its artifact rather than train it twice
+            held.enter_context(registry.fingerprint_lock(fp, stage))
+        hit = None if force else reusable(registry, fp, stage)
+        barrier()  # every process has looked before any publishes
+        if hit is not None:
+            log.info("%s: reusing %s (same fingerprint %s; --force retrains)", stage, hit.ref, fp)
+            return hit
+        for target in inputs.values():  # a running stage's inputs cannot be removed under it
+            if isinstance(target, Artifact):
+                held.enter_context(registry.in_use(target))
+        return _train_and_publish(registry, stage, name, kind, inputs, data, resolved_config, fp, body)
+
+
+def reusable(registry: Registry, fp: str, stage: str) -> Artifact | None:
+    """The artifact a re-run would reuse, checked first: a changed or missing file is an error
+    that says so, never a silent reuse of tampered weights."""
+    hit = registry.find_fingerprint(fp)
+    if hit is not None and (problems := registry.verify(hit)):
+        raise RegistryError(
+            f"{stage}: {hit.ref} has this run's fingerprint but does not match its checksums "
+            f"({'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}); run `alignlab artifacts "
+            f"verify {hit.ref}`, then remove it (or pass --force to train a new version)"
+        )
+    return hit
+
+
+def _train_and_publish(
+    registry: Registry,
+    stage: str,
+    name: str,
+    kind: str,
+    inputs: dict[str, Any],
+    data: dict[str, Any],
+    resolved_config: dict[str, Any],
+    fp: str,
+    body: Callable[[StageRun], None],
+) -> Artifact:
     from alignlab.distributed.config import current_world_size
     from alignlab.distributed.runtime import barrier, is_main_process, rank
 
-    hit = None if force else registry.find_fingerprint(fp)
-    barrier()  # every process has looked before any publishes
-    if hit is not None:
-        log.info("%s: reusing %s (same fingerprint %s; --force retrains)", stage, hit.ref, fp)
-        return hit
     if not is_main_process():
         with tempfile.TemporaryDirectory(prefix=f"alignlab-{stage}-rank{rank()}-") as scratch:
             body(StageRun(registry, dict(inputs), dict(data), Publication(dir=Path(scratch))))
@@ -290,6 +327,17 @@ def run_stage(
 warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
+def trainer_scratch(run_name: str) -> str:
+    """A Trainer's ``output_dir`` (it saves nothing there: ``save_strategy="no"``), in the system
+    temp folder and removed when the process exits (a SIGKILLed process leaves it)."""
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix=f"alignlab-{run_name}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def hf_training_args(
     train: TrainGroup,
     tracking: TrackingGroup,
@@ -308,7 +356,7 @@ def hf_training_args(
 
         os.environ.setdefault("WANDB_PROJECT", tracking.project)
     args = dict(
-        output_dir=tempfile.mkdtemp(prefix=f"alignlab-{run_name}-"),
+        output_dir=trainer_scratch(run_name),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
         learning_rate=train.lr,

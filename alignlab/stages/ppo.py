@@ -30,7 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from alignlab.config import load_config, run_control
+from alignlab.config import check_range, load_config, run_control
 from alignlab.distributed import runtime as dist
 from alignlab.distributed.config import DistributedGroup
 from alignlab.errors import ConfigError, TrainingError
@@ -130,6 +130,13 @@ class GenerationSettings:
     batch_size: int = 64
     engine: EngineKind = EngineKind.HF
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
+
+    def __post_init__(self) -> None:
+        check_range(self, "max_new_tokens", low=1)
+        check_range(self, "temperature", above=0)
+        check_range(self, "top_p", above=0, high=1)
+        check_range(self, "top_k", low=0)
+        check_range(self, "batch_size", low=1)
 
 
 @dataclass

@@ -225,16 +225,23 @@ def publish_rl_stage(
     ``<registry>/.checkpoints/<key>`` (or ``checkpoint_dir``), keyed by the stage fingerprint (which
     leaves out run-control fields, so a resume with ``resume``/``checkpoint_every`` changed finds
     them), and are removed once the artifact is published. ``train(run, key, ckpt_root)`` trains."""
+    from alignlab.registry.liveness import alive
     from alignlab.rl.checkpoint import remove_checkpoints
     from alignlab.stages.lifecycle import publish_stage, stage_fingerprint
 
     cfg = stage.config
     key = stage_fingerprint(stage.name, cfg, inputs, data)
     ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
-    artifact = publish_stage(
-        stage, registry, inputs=inputs, data=data, force=force, body=lambda run: train(run, key, ckpt_root)
-    )
-    remove_checkpoints(ckpt_root)  # published: nothing left to resume
+    with alive(ckpt_root):  # gc leaves a live run's checkpoints alone
+        artifact = publish_stage(
+            stage,
+            registry,
+            inputs=inputs,
+            data=data,
+            force=force,
+            body=lambda run: train(run, key, ckpt_root),
+        )
+        remove_checkpoints(ckpt_root)  # published: nothing left to resume
     return artifact
 
 

@@ -61,6 +61,7 @@ def test_greedy_tokens_stops_and_seeds_follow_the_hf_contract(tiny_sft) -> None:
     model, tok = tiny_sft
     queries = encode_prompts(tok, PROMPTS)
     stops = stop_token_ids(tok, model)
+    set_num_threads = torch.set_num_threads
     with VLLMEngine(model, tok, max_model_len=128) as engine:
         with pytest.raises(RuntimeError, match="before sync"):
             engine.sample(queries, max_new_tokens=4, stop_ids=stops)
@@ -75,6 +76,7 @@ def test_greedy_tokens_stops_and_seeds_follow_the_hf_contract(tiny_sft) -> None:
         c = engine.sample(queries, max_new_tokens=16, stop_ids=stops, seed=12)
         assert a.token_ids == b.token_ids and a.token_ids != c.token_ids
         assert all(len(lp) == len(r) for lp, r in zip(a.logprobs, a.token_ids))
+    assert torch.set_num_threads is set_num_threads  # vLLM's CPU worker stubs it; close() restores it
 
 
 def test_vllm_logprobs_match_the_trainer_for_the_same_weights(tiny_sft) -> None:
@@ -217,3 +219,17 @@ def test_evaluations_and_best_of_n_sample_with_vllm(tiny_sft) -> None:
     again, _ = sample_and_score(model, tok, brevity_reward, PROMPTS[:4], **args)
     assert [len(s) for s in samples] == [3] * 4 and [len(r) for r in rewards] == [3] * 4
     assert samples == again and any(len(set(s)) > 1 for s in samples)
+
+
+def test_engine_logprobs_skip_the_trainers_pass_and_grpo_still_learns(tiny_pipeline) -> None:
+    """``generation.vllm.logprobs: engine``: vLLM's log-probs are the old ones (no recompute,
+    so no ``engine/*`` gap is measured) and the reward still rises."""
+    registry, arts = tiny_pipeline
+    cfg = json.loads(json.dumps(SMALL_GRPO))
+    cfg.update(output="grpo_engine_lp")
+    cfg["generation"].update(engine="vllm", vllm={"logprobs": "engine"})
+    from alignlab.stages.grpo import GRPO
+
+    history = GRPO(cfg).run(registry, model=arts["sft"].ref, reward=short_answer).metrics["history"]
+    assert sum(h["reward_score"] for h in history[-3:]) / 3 >= history[0]["reward_score"] + 0.25, history
+    assert not any(k.startswith("engine/") for h in history for k in h)
