@@ -150,7 +150,11 @@ def test_several_rewards_are_summed_with_weights_and_logged_each(tiny_pipeline) 
         ({"grpo": {"num_generations": 1}}, short_answer, "num_generations=1: a group needs at least 2"),
         ({"reward_weights": [1.0, 2.0]}, short_answer, "reward_weights has 2 weights for 1 rewards"),
         ({}, lambda prompts: [0.0], "a reward function is called as fn\\(prompts"),
-        ({"train": {"batch_size": 0}}, short_answer, "train.batch_size=0"),
+        (
+            {"train": {"batch_size": 0}},
+            short_answer,
+            "'train.batch_size': must be a finite number >= 1, got 0",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_before_training(tiny_pipeline, changes, reward, message) -> None:
