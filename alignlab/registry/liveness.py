@@ -40,18 +40,7 @@ def alive(folder: Path) -> Iterator[None]:
 
 def is_alive(folder: Path) -> bool:
     """True while some process holds ``folder``'s live mark."""
-    path = lock_path(folder)
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock taken here
-    return False
+    return is_locked(lock_path(folder))
 
 
 LOCKS_DIR = ".locks"
