@@ -97,6 +97,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is True on any of them (``flag`` itself in one process);
+    every process must call it, like :func:`barrier`."""
+    if not is_distributed():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    init_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def zero_stage_of(group: DistributedGroup) -> int:
     """The ZeRO stage the group trains with (read from ``config_file`` when it names one)."""
     if group.config_file is not None:

@@ -121,21 +121,11 @@ def gold_breakdown(
     ``alignlab.testbed.gold_score(policy, n)``'s for the same settings. ``engine`` (``hf`` |
     ``vllm`` | ``auto``) is what decodes, as in :func:`alignlab.models.generate`.
     """
-    from alignlab.models import generate
-    from alignlab.testbed.data import eval_prompts
     from alignlab.testbed.gold import judge
     from alignlab.testbed.world import parse_prompt
 
-    model, tokenizer = _load_policy(policy, registry, tokenizer)
-    prompts = eval_prompts(n)
-    responses = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        do_sample=False,
-        engine=engine,
+    _, _, prompts, responses = _greedy_on_eval_prompts(
+        policy, registry, tokenizer, n, max_new_tokens=max_new_tokens, batch_size=batch_size, engine=engine
     )
     judged = [judge(p, r) for p, r in zip(prompts, responses)]
     by_family: dict[str, list[Any]] = defaultdict(list)
@@ -245,21 +235,11 @@ def correctness_pass_at_k(
     right answer gets no signal for it), against the greedy accuracy it has. ``engine`` decodes
     the greedy answers and samples the rest (:func:`sampled_rounds`)."""
     from alignlab.eval.best_of_n import curve_sizes
-    from alignlab.models import generate
-    from alignlab.testbed.data import eval_prompts
     from alignlab.testbed.gold import is_correct
     from alignlab.testbed.world import parse_prompt
 
-    model, tokenizer = _load_policy(policy, registry, tokenizer)
-    prompts = eval_prompts(n)
-    greedy = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        do_sample=False,
-        engine=engine,
+    model, tokenizer, prompts, greedy = _greedy_on_eval_prompts(
+        policy, registry, tokenizer, n, max_new_tokens=max_new_tokens, batch_size=batch_size, engine=engine
     )
     draws = sampled_rounds(
         model, tokenizer, prompts, samples, temperature, max_new_tokens, batch_size, seed, engine=engine
@@ -314,6 +294,18 @@ def sampled_rounds(
         flat = generate(model, tokenizer, [p for _ in range(k) for p in prompts], seed=seed, **sampling)
         return [flat[r * len(prompts) : (r + 1) * len(prompts)] for r in range(k)]
     return [generate(model, tokenizer, prompts, seed=seed + round_, **sampling) for round_ in range(k)]
+
+
+def _greedy_on_eval_prompts(
+    policy: Any, registry: Registry | None, tokenizer: Any, n: int, **decoding: Any
+) -> tuple[Any, Any, list[str], list[str]]:
+    """The loaded policy, its tokenizer, the first ``n`` held-out prompts and its greedy answers."""
+    from alignlab.models import generate
+    from alignlab.testbed.data import eval_prompts
+
+    model, tokenizer = _load_policy(policy, registry, tokenizer)
+    prompts = eval_prompts(n)
+    return model, tokenizer, prompts, generate(model, tokenizer, prompts, do_sample=False, **decoding)
 
 
 def _load_policy(policy: Any, registry: Registry | None, tokenizer: Any) -> tuple[Any, Any]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from alignlab.errors import ConfigError, ReferenceNotFound, RegistryError, did_you_mean
 from alignlab.registry.index import LATEST, Index
-from alignlab.registry.liveness import LOCKS_DIR, SUFFIX, alive, flocked, is_alive
+from alignlab.registry.liveness import LOCKS_DIR, SUFFIX, alive, drop_if_free, flocked, is_alive
 from alignlab.registry.provenance import (
     alignlab_version,
     checksums,
@@ -456,13 +456,12 @@ class Registry:
 
     # ---- runs in progress -----------------------------------------------------------------------
 
-    def fingerprint_lock(self, fingerprint: str, stage: str) -> Any:
-        """Held by the process that trains ``fingerprint``: an identical run started meanwhile
-        waits for it, then finds and reuses what it published."""
-        return flocked(
-            self.root / LOCKS_DIR / f"fingerprint-{fingerprint}.lock",
-            wait_message=f"{stage}: another run with fingerprint {fingerprint} is training; waiting to reuse its artifact",
-        )
+    def fingerprint_lock(self, fingerprint: str) -> Any:
+        """Held by the process that trains ``fingerprint``, so that an identical run started
+        meanwhile waits for it, then finds and reuses what it published. Does not wait: raises
+        BlockingIOError while another process holds it (the caller polls, see
+        :func:`alignlab.stages.lifecycle.run_stage`)."""
+        return flocked(self.root / LOCKS_DIR / f"fingerprint-{fingerprint}.lock", wait=False)
 
     def in_use(self, artifact: Artifact) -> Any:
         """Held (shared) by a running stage on each artifact it reads: ``remove`` refuses it meanwhile."""
@@ -530,6 +529,7 @@ class Registry:
           file) older than ``max_age_s``, and a run's whole checkpoint folder untouched for
           ``checkpoint_max_age_s`` (default a week: a crashed run stays resumable that long),
           unless its run is live;
+        - lock files in ``.locks`` that no process holds;
         - an artifact.json that differs from its index row (a metrics update cut short) is
           rewritten from the index.
 
@@ -543,11 +543,8 @@ class Registry:
         if staging.is_dir():
             for entry in staging.iterdir():
                 if entry.name.endswith(SUFFIX):
-                    if (
-                        not is_alive(entry.with_name(entry.name[: -len(SUFFIX)]))
-                        and now - entry.stat().st_mtime > max_age_s
-                    ):
-                        entry.unlink(missing_ok=True)
+                    if now - entry.stat().st_mtime > max_age_s:
+                        drop_if_free(entry)
                     continue
                 if not is_alive(entry) and now - newest_mtime(entry) > max_age_s:
                     _delete(entry, None)
@@ -555,8 +552,7 @@ class Registry:
         runs = self.root / CHECKPOINTS_DIR
         if runs.is_dir():
             for mark in runs.glob(f"*{SUFFIX}"):  # a killed run's live mark (its lock died with it)
-                if not is_alive(mark.with_name(mark.name[: -len(SUFFIX)])):
-                    mark.unlink(missing_ok=True)
+                drop_if_free(mark)
             for run in sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()):
                 if is_alive(run):
                     continue
@@ -568,6 +564,10 @@ class Registry:
                     if now - newest_mtime(part) > max_age_s:
                         _delete(part, None)
                         removed.append(part)
+        locks = self.root / LOCKS_DIR
+        if locks.is_dir():  # per-fingerprint and in-use locks nobody holds now
+            for lock in locks.glob("*.lock"):
+                drop_if_free(lock)
         if not self._db.path.exists():
             return removed
         with self._db.transaction() as conn:  # the write lock: no publisher is between rename and commit

@@ -26,16 +26,12 @@ def lock_path(folder: Path) -> Path:
 def alive(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s live mark for the duration (the folder itself need not exist yet)."""
     path = lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # before unlocking: nobody can take a lock on a removed name
-        os.close(fd)
+    with flocked(path):
+        path.write_text(f"{os.getpid()}\n", encoding="utf-8")  # for a person looking; the lock is what counts
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still locked: nobody can hold a lock on the removed name
 
 
 def is_alive(folder: Path) -> bool:
@@ -53,36 +49,81 @@ def flocked(
     """Hold an ``flock`` on ``path`` (created if needed) for the duration: exclusive, or shared
     (many holders, no exclusive one). Blocks until it is free, logging ``wait_message`` once if
     it has to wait (``wait=False``: raises BlockingIOError instead). The kernel drops it when the
-    process dies."""
+    process dies.
+
+    A lock file may be unlinked by its last holder (``remove``, ``gc``); a lock taken on a file
+    that was unlinked meanwhile guards nothing, so it is retaken on the file the path names now.
+    """
     import logging
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    try:
+    told = False
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise
-            if wait_message:
-                logging.getLogger("alignlab").info(wait_message)
-            fcntl.flock(fd, mode)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise
+                if wait_message and not told:
+                    logging.getLogger("alignlab").info(wait_message)
+                    told = True
+                fcntl.flock(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _names(path, fd):
+            break
+        os.close(fd)
+    try:
         yield
+    finally:
+        os.close(fd)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """True when ``path`` still names the file open as ``fd`` (it was not unlinked or replaced)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _taken(path: Path) -> int | None:
+    """``path`` opened and locked exclusively without waiting; None when it is missing or held."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def drop_if_free(path: Path) -> bool:
+    """Unlink the lock file ``path`` when nobody holds it (taken exclusively first, so that no one
+    can be between opening and locking it); True if it was removed."""
+    if (fd := _taken(path)) is None:
+        return False
+    try:
+        if not _names(path, fd):
+            return False
+        path.unlink()
+        return True
     finally:
         os.close(fd)
 
 
 def is_locked(path: Path) -> bool:
     """True while someone holds an ``flock`` (shared or exclusive) on ``path``."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    if (fd := _taken(path)) is None:
+        return path.exists()
+    os.close(fd)
     return False

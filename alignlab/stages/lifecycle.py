@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -242,12 +243,10 @@ def run_stage(
     """Reuse the artifact with the same fingerprint, or run ``body`` and publish what it wrote."""
     resolved_config = to_dict(config)
     fp = stage_fingerprint(stage, config, inputs, data)
-    from alignlab.distributed.runtime import barrier, is_main_process
+    from alignlab.distributed.runtime import barrier
 
     with ExitStack() as held:
-        if is_main_process():
-            # an identical run already training: wait for its artifact rather than train it twice
-            held.enter_context(registry.fingerprint_lock(fp, stage))
+        _hold_fingerprint(held, registry, fp, stage)
         hit = None if force else reusable(registry, fp, stage)
         barrier()  # every process has looked before any publishes
         if hit is not None:
@@ -257,6 +256,35 @@ def run_stage(
             if isinstance(target, Artifact):
                 held.enter_context(registry.in_use(target))
         return _train_and_publish(registry, stage, name, kind, inputs, data, resolved_config, fp, body)
+
+
+#: Seconds between looks at an identical run's lock (every process takes part in each look).
+FINGERPRINT_POLL_S = 1.0
+
+
+def _hold_fingerprint(held: ExitStack, registry: Registry, fp: str, stage: str) -> None:
+    """Take the fingerprint's lock on the main process, waiting while an identical run trains.
+
+    The wait polls instead of blocking so that, in a multi-process run, the other processes wait
+    with it in short collectives rather than in one barrier that the process group's timeout
+    would cut short when the other run trains for longer than that.
+    """
+    from alignlab.distributed.runtime import any_process, is_main_process
+
+    told = False
+    while True:
+        busy = False
+        if is_main_process():
+            try:
+                held.enter_context(registry.fingerprint_lock(fp))
+            except BlockingIOError:
+                busy = True
+        if not any_process(busy):
+            return
+        if not told:
+            log.info("%s: another run with fingerprint %s is training; waiting to reuse its artifact", stage, fp)
+            told = True
+        time.sleep(FINGERPRINT_POLL_S)
 
 
 def reusable(registry: Registry, fp: str, stage: str) -> Artifact | None:

@@ -236,3 +236,39 @@ def test_identical_concurrent_runs_train_once_and_share_the_artifact(tmp_path: P
     outputs = [r.communicate(timeout=600)[0].decode() for r in runs]
     assert all(r.returncode == 0 for r in runs), outputs
     assert [a.ref for a in Registry(root).list()] == ["base:v1"]
+
+
+WAITER = """
+import datetime, os, sys, time
+from contextlib import ExitStack
+from accelerate.state import PartialState
+PartialState(backend="gloo", timeout=datetime.timedelta(seconds=3))  # far shorter than the wait
+from alignlab.registry import Registry
+from alignlab.stages import lifecycle
+start = time.monotonic()
+with ExitStack() as held:
+    lifecycle._hold_fingerprint(held, Registry(sys.argv[1]), "f" * 16, "test")
+print(f"rank {os.environ['RANK']} waited {time.monotonic() - start:.1f}", flush=True)
+import torch.distributed as dist
+dist.barrier()
+dist.destroy_process_group()  # a rank leaving gloo while the other still talks to it aborts
+"""
+
+
+def test_a_multi_process_run_waits_for_an_identical_run_longer_than_the_collective_timeout(
+    tmp_path: Path,
+) -> None:
+    """Rank 0 waits on the fingerprint lock while rank 1 waits with it: in short collectives, so
+    a wait longer than the process group's timeout (3 s here) is not cut short by it."""
+    reg = Registry(tmp_path / "reg")
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(reg.root)]
+    with reg.fingerprint_lock("f" * 16):  # the identical run, training
+        waiters = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(8)
+    out = waiters.communicate(timeout=120)[0].decode()
+    assert waiters.returncode == 0, out[-3000:]
+    waited = sorted(float(line.split()[-1]) for line in out.splitlines() if " waited " in line)
+    assert len(waited) == 2 and waited[0] > 4, out[-3000:]

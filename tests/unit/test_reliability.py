@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,45 @@ def test_a_reward_model_folder_is_refused_where_a_causal_lm_is_wanted(tmp_path: 
         check_kind("sft", spec, ExternalRef(str(folder), str(folder), is_local=True))
     (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     check_kind("sft", spec, ExternalRef(str(folder), str(folder), is_local=True))
+
+
+def test_gc_drops_lock_files_nobody_holds_and_keeps_held_ones(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    with reg.fingerprint_lock("a" * 16):
+        pass
+    with reg.fingerprint_lock("b" * 16):
+        reg.gc()
+        assert sorted(p.name for p in (reg.root / ".locks").iterdir()) == [f"fingerprint-{'b' * 16}.lock"]
+    reg.gc()
+    assert list((reg.root / ".locks").iterdir()) == []
+
+
+def test_a_lock_whose_file_was_unlinked_while_waiting_is_retaken_on_the_new_file(tmp_path: Path) -> None:
+    """The waiter locks the old, unlinked file once its holder lets go; that lock guards nothing,
+    so it must retake the lock on the file the path names now."""
+    import fcntl
+    import threading
+
+    from alignlab.registry.liveness import flocked, is_locked
+
+    path = tmp_path / "x.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    inside, leave = threading.Event(), threading.Event()
+
+    def waiter() -> None:
+        with flocked(path):
+            inside.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)
+    path.unlink()  # the holder removes its lock file, then lets go
+    os.close(fd)
+    assert inside.wait(30)
+    try:
+        assert is_locked(path)  # held on the file that is there now, not on the unlinked one
+    finally:
+        leave.set()
+        thread.join()
