@@ -60,6 +60,29 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+#: How long a collective waits for the other processes before it fails, in seconds, unless
+#: ``ALIGNLAB_COLLECTIVE_TIMEOUT_S`` says otherwise. torch's own default is 10 minutes (accelerate
+#: and DeepSpeed pass 30 for NCCL). Ours is shorter because the long phases in which one process
+#: works alone (evaluation, publication) wait outside collectives (see
+#: :func:`wait_for_main`), so a collective only ever waits for the others' share of the same
+#: work; raise it when loading a very large model takes the processes minutes apart.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+
+
+def collective_timeout_s() -> float:
+    """The collective timeout for this run: ``ALIGNLAB_COLLECTIVE_TIMEOUT_S`` or the default."""
+    raw = os.environ.get("ALIGNLAB_COLLECTIVE_TIMEOUT_S", "").strip()
+    if not raw:
+        return DEFAULT_COLLECTIVE_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ConfigError(f"ALIGNLAB_COLLECTIVE_TIMEOUT_S={raw!r}: give a number of seconds above 0")
+    return value
+
+
 def init_process_group() -> None:
     """Set up the process-wide accelerate state for a multi-process run (idempotent).
 
@@ -74,11 +97,14 @@ def init_process_group() -> None:
 
     if PartialState._shared_state:
         return
+    from datetime import timedelta
+
+    timeout = {"timeout": timedelta(seconds=collective_timeout_s())}
     backend = None if _cuda() else "gloo"
     previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     try:
-        PartialState(backend=backend) if backend else PartialState()
+        PartialState(backend=backend, **timeout) if backend else PartialState(**timeout)
     finally:
         if previous is None:
             del os.environ["ACCELERATE_USE_DEEPSPEED"]
@@ -111,6 +137,150 @@ def any_process(flag: bool) -> bool:
     value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _store() -> Any | None:
+    """The process group's key-value store (torchrun's rendezvous store), None outside a run."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except (ImportError, RuntimeError, ValueError):
+        return None
+
+
+_PHASE_KEY = "alignlab/doing/rank-{}"
+_current = {"stage": ""}
+
+
+def doing(what: str, stage: str | None = None) -> None:
+    """Record what this process is doing now (in ``stage``, by default the one it is in), for the
+    message of a collective that fails (:func:`collective_failure`); nothing in one process."""
+    if stage is not None:
+        _current["stage"] = stage
+    if not is_distributed():
+        return
+    store = _store()
+    if store is not None:
+        store.set(_PHASE_KEY.format(rank()), f"{_current['stage']}: {what}" if _current["stage"] else what)
+
+
+def what_each_rank_is_doing() -> dict[int, str]:
+    """The last :func:`doing` of every process (those that recorded one)."""
+    store = _store()
+    if store is None:
+        return {}
+    out: dict[int, str] = {}
+    for r in range(current_world_size()):
+        key = _PHASE_KEY.format(r)
+        try:
+            if store.check([key]):
+                out[r] = store.get(key).decode("utf-8", "replace")
+        except RuntimeError:  # the store went away with the launcher
+            break
+    return out
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """A collective that timed out, or whose peer went away (gloo's and NCCL's messages)."""
+    from alignlab.errors import AlignlabError
+
+    if isinstance(error, AlignlabError):
+        return False
+    text = str(error).lower()
+    names = ("DistBackendError", "DistNetworkError", "DistStoreError")
+    return type(error).__name__ in names or (
+        isinstance(error, RuntimeError)
+        and any(m in text for m in ("timed out", "timeout", "connection closed by peer", "connection reset"))
+    )
+
+
+def collective_failure(stage: str, error: BaseException) -> Exception:
+    """The error to raise for a collective failure in ``stage``: what each process was doing."""
+    from alignlab.errors import TrainingError
+
+    ranks = what_each_rank_is_doing()
+    listed = "; ".join(f"rank {r}: {what}" for r, what in sorted(ranks.items())) or "unknown"
+    return TrainingError(
+        f"{stage}: rank {rank()} gave up on a collective after at most {collective_timeout_s():.0f} s "
+        f"(ALIGNLAB_COLLECTIVE_TIMEOUT_S): the processes were not in the same step. Last recorded: "
+        f"{listed}. Cause: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}"
+    )
+
+
+def check_in(stage: str, fingerprint: str) -> None:
+    """Every process confirms it starts the same stage, with the same fingerprint and the same
+    distributed state (an error naming each process's view otherwise, before any collective of
+    the stage can hang on the difference)."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    init_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    mine = (stage, fingerprint, bool(is_deepspeed_zero3_enabled()))
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if any(view != everyone[0] for view in everyone):
+        from alignlab.errors import TrainingError
+
+        listed = "; ".join(
+            f"rank {r}: {s} (fingerprint {f}, ZeRO-3 model construction {'on' if z else 'off'})"
+            for r, (s, f, z) in enumerate(everyone)
+        )
+        raise TrainingError(f"{stage}: the processes disagree on what runs next: {listed}")
+
+
+def reset_stage_state() -> None:
+    """Forget what a stage left in process-wide state, on every process alike: transformers'
+    DeepSpeed config (with it set, ``from_pretrained`` builds models ZeRO-3-partitioned, a
+    collective), and accelerate's accelerator and gradient state (the process group stays).
+    Called as each stage starts and ends (:func:`alignlab.stages.lifecycle.run_stage`); nothing
+    in one process, where a caller's own accelerate state is left alone."""
+    import sys
+
+    if not is_distributed():
+        return
+    if "transformers" in sys.modules:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+_PUBLISHED_KEY = "alignlab/published/{}"
+
+
+def announce(key: str, value: str) -> None:
+    """Main process: tell the others waiting in :func:`wait_for_main` (nothing in one process)."""
+    if is_distributed() and (store := _store()) is not None:
+        store.set(_PUBLISHED_KEY.format(key), value)
+
+
+def wait_for_main(key: str, poll_s: float = 0.5) -> str | None:
+    """Other processes: wait, outside any collective and for as long as it takes, for the main
+    process to :func:`announce` ``key``; its value. None when there is no store to wait on (the
+    caller falls back to a barrier). The main process failing ends the run through the launcher."""
+    import time
+
+    store = _store()
+    if store is None:
+        return None
+    name = _PUBLISHED_KEY.format(key)
+    while not store.check([name]):
+        time.sleep(poll_s)
+    return store.get(name).decode("utf-8")
 
 
 def zero_stage_of(group: DistributedGroup) -> int:
@@ -269,11 +439,12 @@ def main_process_model(model: Any) -> Any | None:
         barrier()  # the others' training is finished too before the main process goes on alone
         return model if is_main_process() else None
     state = consolidated_state_dict(model)
-    if state is None:
-        return None
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    unset_hf_deepspeed_config()  # else transformers builds the copy ZeRO-3-sharded again
+    unset_hf_deepspeed_config()  # else transformers builds the copy ZeRO-3-sharded again (every
+    # process alike: one left with it set would build its next model under zero.Init, issue 19)
+    if state is None:
+        return None
     copy = plain_copy(model, state)
     if getattr(model, "generation_config", None) is not None:
         copy.generation_config = model.generation_config

@@ -180,7 +180,10 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
+    from alignlab.distributed.runtime import doing
+
     target = resolve(ref, registry)
+    doing(f"loading {getattr(target, 'ref', target)}")
     tokenizer = load_tokenizer(target, registry, trust_remote_code=trust_remote_code)
     if getattr(target, "kind", None) == "adapter":
         from peft import PeftModel

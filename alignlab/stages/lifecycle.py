@@ -11,6 +11,7 @@ and return the artifact the main process published (found by its fingerprint).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignlab.config import to_dict, weights_config
-from alignlab.errors import ConfigError, ReferenceNotFound, RegistryError
+from alignlab.errors import ConfigError, ReferenceNotFound, RegistryError, TrainingError
 from alignlab.registry import Artifact, ExternalRef, Publication, Registry, fingerprint
 from alignlab.stages.groups import TrackingGroup, TrainGroup
 
@@ -243,19 +244,29 @@ def run_stage(
     """Reuse the artifact with the same fingerprint, or run ``body`` and publish what it wrote."""
     resolved_config = to_dict(config)
     fp = stage_fingerprint(stage, config, inputs, data)
-    from alignlab.distributed.runtime import barrier
+    from alignlab.distributed import runtime
 
-    with ExitStack() as held:
-        _hold_fingerprint(held, registry, fp, stage)
-        hit = None if force else reusable(registry, fp, stage)
-        barrier()  # every process has looked before any publishes
-        if hit is not None:
-            log.info("%s: reusing %s (same fingerprint %s; --force retrains)", stage, hit.ref, fp)
-            return hit
-        for target in inputs.values():  # a running stage's inputs cannot be removed under it
-            if isinstance(target, Artifact):
-                held.enter_context(registry.in_use(target))
-        return _train_and_publish(registry, stage, name, kind, inputs, data, resolved_config, fp, body)
+    runtime.reset_stage_state()  # every process starts the stage alike (issue 19)
+    runtime.doing("waiting for an identical run", stage=stage)
+    try:
+        with ExitStack() as held:
+            _hold_fingerprint(held, registry, fp, stage)
+            runtime.check_in(stage, fp)
+            hit = None if force else reusable(registry, fp, stage)
+            runtime.barrier()  # every process has looked before any publishes
+            if hit is not None:
+                log.info("%s: reusing %s (same fingerprint %s; --force retrains)", stage, hit.ref, fp)
+                return hit
+            for target in inputs.values():  # a running stage's inputs cannot be removed under it
+                if isinstance(target, Artifact):
+                    held.enter_context(registry.in_use(target))
+            return _train_and_publish(registry, stage, name, kind, inputs, data, resolved_config, fp, body)
+    except Exception as error:
+        if runtime.is_distributed() and runtime.is_collective_failure(error):
+            raise runtime.collective_failure(stage, error) from error
+        raise
+    finally:
+        runtime.reset_stage_state()  # ... and leaves nothing behind for the next
 
 
 #: Seconds between looks at an identical run's lock (every process takes part in each look).
@@ -282,7 +293,9 @@ def _hold_fingerprint(held: ExitStack, registry: Registry, fp: str, stage: str) 
         if not any_process(busy):
             return
         if not told:
-            log.info("%s: another run with fingerprint %s is training; waiting to reuse its artifact", stage, fp)
+            log.info(
+                "%s: another run with fingerprint %s is training; waiting to reuse its artifact", stage, fp
+            )
             told = True
         time.sleep(FINGERPRINT_POLL_S)
 
@@ -311,20 +324,53 @@ def _train_and_publish(
     fp: str,
     body: Callable[[StageRun], None],
 ) -> Artifact:
-    from alignlab.distributed.config import current_world_size
-    from alignlab.distributed.runtime import barrier, is_main_process, rank
+    from alignlab.distributed import runtime
 
-    if not is_main_process():
-        with tempfile.TemporaryDirectory(prefix=f"alignlab-{stage}-rank{rank()}-") as scratch:
+    done_key = f"{fp}-{next(_STAGE_RUNS)}"  # the same on every process: they run the same stages in order
+    runtime.doing("training")
+    if not runtime.is_main_process():
+        with tempfile.TemporaryDirectory(prefix=f"alignlab-{stage}-rank{runtime.rank()}-") as scratch:
             body(StageRun(registry, dict(inputs), dict(data), Publication(dir=Path(scratch))))
-        barrier()  # the main process publishes
-        published = registry.find_fingerprint(fp)
+        # the main process evaluates and publishes, for as long as that takes: wait outside any
+        # collective, whose timeout is meant for the processes' shared work
+        runtime.doing("waiting for rank 0 to evaluate and publish")
+        announced = runtime.wait_for_main(done_key)
+        if announced is None:
+            runtime.barrier()
+        elif announced.startswith("!"):
+            raise TrainingError(f"{stage}: the main process (rank 0) failed: {announced[1:]}")
+        published = registry.find_fingerprint(fp) if announced is None else registry.get(announced)
         if published is None:
             raise RegistryError(
-                f"{stage}: rank {rank()} cannot find the artifact the main process published (fingerprint "
-                f"{fp}); every process must see the same registry (ALIGNLAB_HOME on shared storage)"
+                f"{stage}: rank {runtime.rank()} cannot find the artifact the main process published "
+                f"(fingerprint {fp}); every process must see the same registry (ALIGNLAB_HOME on shared storage)"
             )
         return published
+    try:
+        artifact = _publish_on_main(registry, stage, name, kind, inputs, data, resolved_config, fp, body)
+    except BaseException as error:
+        runtime.announce(done_key, f"!{type(error).__name__}: {str(error)[:500]}")
+        raise
+    runtime.announce(done_key, artifact.id)
+    return artifact
+
+
+_STAGE_RUNS = itertools.count()
+
+
+def _publish_on_main(
+    registry: Registry,
+    stage: str,
+    name: str,
+    kind: str,
+    inputs: dict[str, Any],
+    data: dict[str, Any],
+    resolved_config: dict[str, Any],
+    fp: str,
+    body: Callable[[StageRun], None],
+) -> Artifact:
+    from alignlab.distributed.config import current_world_size
+
     stage_inputs, stage_data = inputs, data
     inputs, data = recorded_sources(inputs, data)
     parents = [target.id for target in inputs.values()]
@@ -346,7 +392,6 @@ def _train_and_publish(
         if current_world_size() > 1:
             pub.metrics["world_size"] = current_world_size()
     log.info("%s: published %s", stage, pub.artifact.ref)
-    barrier()
     return pub.artifact
 
 

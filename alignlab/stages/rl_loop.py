@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,16 +232,16 @@ def publish_rl_stage(
     cfg = stage.config
     key = stage_fingerprint(stage.name, cfg, inputs, data)
     ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else registry.root / ".checkpoints" / key
-    with alive(ckpt_root):  # gc leaves a live run's checkpoints alone
-        artifact = publish_stage(
-            stage,
-            registry,
-            inputs=inputs,
-            data=data,
-            force=force,
-            body=lambda run: train(run, key, ckpt_root),
-        )
-        remove_checkpoints(ckpt_root)  # published: nothing left to resume
+
+    def body(run: StageRun) -> None:
+        # gc leaves a live run's checkpoints alone. The main process holds the mark (an exclusive
+        # lock: the others would wait on it), and only once run_stage has made sure no identical
+        # run trains (an identical run waits there, with all its processes, not here).
+        with alive(ckpt_root) if dist.is_main_process() else nullcontext():
+            train(run, key, ckpt_root)
+
+    artifact = publish_stage(stage, registry, inputs=inputs, data=data, force=force, body=body)
+    remove_checkpoints(ckpt_root)  # published: nothing left to resume
     return artifact
 
 

@@ -55,7 +55,7 @@ def train_sft(
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from alignlab.distributed.runtime import main_process_model, trainable_parameters
+    from alignlab.distributed.runtime import doing, main_process_model, trainable_parameters
     from alignlab.models.adapters import finalize, peft_config
     from alignlab.models.chat_template import tokenize_conversations
     from alignlab.models.generation import stop_token_ids
@@ -69,6 +69,7 @@ def train_sft(
         assistant_only=loss_on == "assistant",
         source=source,
     )
+    doing("building the SFT trainer")
     args = TRLSFTConfig(
         **hf_training_args(train, tracking, run_name, distributed),
         max_length=max_length,
@@ -84,9 +85,11 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=peft_config(adapter),
     )
+    doing("training")
     trainer.train()
     metrics = log_history_metrics(trainer.state.log_history)
     metrics["trainable_parameters"] = trainable_parameters(trainer.model)
+    doing("gathering the trained model")
     model = main_process_model(trainer.model)
     return (None if model is None else finalize(model, adapter)), metrics
 

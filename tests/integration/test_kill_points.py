@@ -264,7 +264,15 @@ def test_a_multi_process_run_waits_for_an_identical_run_longer_than_the_collecti
     script = tmp_path / "waiter.py"
     script.write_text(WAITER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(reg.root)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(reg.root),
+    ]
     with reg.fingerprint_lock("f" * 16):  # the identical run, training
         waiters = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         time.sleep(8)

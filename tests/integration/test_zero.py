@@ -297,3 +297,131 @@ def test_lora_ppo_under_zero3(tmp_path, base):
     assert zero3.metrics["trainable_parameters"] == zero0.metrics["trainable_parameters"]
     assert_merged_lora(zero3, base, AutoModelForCausalLM)
     assert_same_weights(zero0.path, zero3.path, AutoModelForCausalLM)
+
+
+# Whole recipes under ZeRO (issue 19). A recipe chains its entries in the same processes, so
+# whatever one stage leaves in process-wide state (transformers' DeepSpeed config, accelerate's
+# state) meets the next one: left set on one rank only, it made that rank build the next model
+# under zero.Init, a collective the other rank never joined, and the run hung until the timeout.
+# Each entry's curve is compared with a one-process run of the same recipe, as above.
+
+RECIPE_ENTRIES = {
+    "base": """  - name: base
+    stage: tiny_base
+    config: {{size: test, eval: {{gold: false}}}}
+""",
+    "pretrain": """  - name: pretrain
+    stage: pretrain
+    inputs: {{model: base}}
+    config:
+      data: {{sources: [{{source: "testbed:pretrain", weight: 1.0}}], seq_len: 64}}
+      train: {{max_steps: 3, lr: 1.0e-3, batch_size: {batch}, logging_steps: 1, warmup_ratio: 0.0}}
+      eval: {{gold: false}}
+      distributed: {{zero_stage: {zero}}}
+""",
+    "sft": SFT.replace('"{base}"', "pretrain").replace("max_steps: 5", "max_steps: 3"),
+    "rm": REWARD.replace('"{base}"', "sft").replace("max_steps: 5", "max_steps: 3"),
+    "dpo": DPO_LORA.replace('"{base}"', "sft").replace("max_steps: 4", "max_steps: 3"),
+    "ppo": PPO.replace('"{base}", reward: "alignlab.testbed:gold_reward_fn"', "sft, reward: rm").replace(
+        "max_steps: 3", "max_steps: 2"
+    ),
+}
+
+
+def run_recipe(
+    tmp_path: Path, name: str, entries: list[str], *, zero: int, nproc: int, batch: int
+) -> Registry:
+    text = "".join(RECIPE_ENTRIES[e].format(base="unused", batch=batch, zero=zero) for e in entries)
+    return run_entry(tmp_path, name, text, nproc=nproc)
+
+
+def assert_recipe_matches(single: Registry, zero: Registry, entries: list[str]) -> None:
+    for entry in entries:
+        one, two = single.get(entry), zero.get(entry)
+        assert two.metrics["world_size"] == 2 or entry == "base", entry
+        if "train_loss_curve" in one.metrics:
+            assert_same_curve(curve(one), curve(two))
+
+
+@pytest.mark.parametrize("zero", [3, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_three_entry_recipe_under_zero_matches_one_process(tmp_path, zero):
+    entries = ["base", "pretrain", "sft"]
+    single = run_recipe(tmp_path, "one", entries, zero=0, nproc=1, batch=8)
+    zero_run = run_recipe(tmp_path, "zero", entries, zero=zero, nproc=2, batch=4)
+    assert_recipe_matches(single, zero_run, entries)
+    assert [a.name for a in zero_run.list()] == sorted(entries)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [2, 3])
+def test_the_whole_offline_recipe_under_zero_matches_one_process(tmp_path, zero):
+    entries = ["base", "pretrain", "sft", "rm", "dpo"]
+    single = run_recipe(tmp_path, "one", entries, zero=0, nproc=1, batch=8)
+    zero_run = run_recipe(tmp_path, "zero", entries, zero=zero, nproc=2, batch=4)
+    assert_recipe_matches(single, zero_run, entries)
+    assert zero_run.get("rm").metrics["accuracy"] == pytest.approx(
+        single.get("rm").metrics["accuracy"], abs=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_a_recipe_ending_in_ppo_under_zero3_matches_zero0(tmp_path):
+    """PPO samples per process: the ZeRO-3 chain is compared with the same chain in 2 processes
+    under ZeRO-0 (every entry), as ``test_ppo_under_zero3`` does for the stage alone."""
+    entries = ["base", "pretrain", "sft", "rm", "ppo"]
+    zero0 = run_recipe(tmp_path, "zero0", entries, zero=0, nproc=2, batch=4)
+    zero3 = run_recipe(tmp_path, "zero3", entries, zero=3, nproc=2, batch=4)
+    assert_recipe_matches(zero0, zero3, ["pretrain", "sft", "rm"])
+    for key in ("value_loss", "kl", "reward_score"):
+        ours = [h[key] for h in zero3.get("ppo").metrics["history"]]
+        theirs = [h[key] for h in zero0.get("ppo").metrics["history"]]
+        assert all(math.isfinite(x) for x in ours)
+        assert ours == pytest.approx(theirs, rel=REL_TOL, abs=1e-6), key
+
+
+STRAY_COLLECTIVE = """
+import os, sys, time
+os.environ["ALIGNLAB_COLLECTIVE_TIMEOUT_S"] = "3"
+import torch.distributed as dist
+from alignlab.distributed import runtime
+from alignlab.errors import TrainingError
+from alignlab.registry import Registry
+from alignlab.stages.lifecycle import run_stage
+from alignlab.stages.tiny_base import TinyBaseConfig
+
+def body(run):
+    if runtime.is_main_process():
+        runtime.doing("busy alone")
+        time.sleep(20)
+    else:
+        runtime.doing("in a barrier rank 0 skips")
+        dist.barrier()
+
+try:
+    run_stage(stage="test", name="x", kind="dataset", config=TinyBaseConfig(), registry=Registry(sys.argv[1]),
+              inputs={}, data={}, force=False, body=body)
+except TrainingError as error:
+    print("ERROR", error, flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_collective_only_one_process_reaches_fails_fast_naming_what_each_was_doing(tmp_path):
+    script = tmp_path / "stray.py"
+    script.write_text(STRAY_COLLECTIVE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path / "reg"),
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    errors = [line for line in done.stdout.splitlines() if line.startswith("ERROR")]
+    assert done.returncode != 0 and errors, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "test: rank 1 gave up on a collective after at most 3 s" in errors[0]
+    assert "rank 0: test: busy alone; rank 1: test: in a barrier rank 0 skips" in errors[0]
+    assert Registry(tmp_path / "reg").list() == []  # nothing published
