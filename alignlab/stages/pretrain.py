@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from alignlab.config import load_config
+from alignlab.config import check_range, load_config
 from alignlab.distributed.config import DistributedGroup
 from alignlab.distributed.runtime import check_distributed, main_process_model, trainable_parameters
 from alignlab.errors import ConfigError
@@ -62,19 +63,46 @@ class PretrainData:
     eval_share: float = 0.05
 
 
+class VocabSchedule(StrEnum):
+    """What trains after a vocabulary extension (Chinese-LLaMA's two stages, Cui et al. 2023 §3)."""
+
+    FULL = "full"  # every weight (adapter.method full)
+    NEW_ROWS = "new_rows"  # stage 1: only the new rows of the input embeddings and the LM head
+    LORA_EMBEDDINGS = "lora_embeddings"  # stage 2: LoRA, with embeddings and LM head trained whole
+
+
 @dataclass
 class VocabGroup:
     """Vocabulary extension before training (new embedding rows start at the mean embedding).
 
     Attributes:
-        add_tokens: tokens to add as they are.
-        train_source: text of the new domain to learn extra BPE tokens from.
-        train_new_tokens: how many new BPE tokens to learn from train_source.
+        add_tokens: strings to make single tokens. On a byte-level BPE tokenizer they become
+            tokens through appended merges (so they never match inside another word); on other
+            tokenizers they are added tokens.
+        train_source: text of the new domain to learn new tokens from.
+        train_new_tokens: how many new tokens (whole words or characters) to learn from
+            train_source with a BPE trained on it, merged into the model's tokenizer
+            (:mod:`alignlab.models.vocab`); the vocabulary grows by these plus the partial
+            pieces their merges go through.
+        max_token_chars: the longest learned string taken, in characters (chosen here: Chinese
+            words are mostly 1-4 characters, and a BPE trained on a small, repetitive corpus
+            otherwise learns whole phrases).
+        split_digits: pre-tokenize every digit on its own, as LLaMA does (Touvron et al. 2023).
+        schedule: what trains: ``full``; ``new_rows`` (Chinese-LLaMA's first stage: only the new
+            embedding and LM-head rows, everything else frozen); ``lora_embeddings`` (its second
+            stage: LoRA with the embeddings and LM head trained whole, ``modules_to_save``).
     """
 
     add_tokens: list[str] = field(default_factory=list)
     train_source: str | None = None
     train_new_tokens: int = 0
+    max_token_chars: int = 8
+    split_digits: bool = False
+    schedule: VocabSchedule = VocabSchedule.FULL
+
+    def __post_init__(self) -> None:
+        check_range(self, "train_new_tokens", low=0)
+        check_range(self, "max_token_chars", low=1)
 
 
 @dataclass
@@ -111,47 +139,127 @@ class PretrainConfig:
                 "(prompt tuning learns a task prompt, not text; QLoRA needs a CUDA GPU)"
             )
         vocab = self.vocab
-        if self.adapter.method != AdapterMethod.FULL and (vocab.add_tokens or vocab.train_new_tokens):
+        lora = self.adapter.method != AdapterMethod.FULL
+        if vocab.schedule == VocabSchedule.LORA_EMBEDDINGS and not lora:
+            raise ConfigError("vocab.schedule=lora_embeddings trains a LoRA adapter: set adapter.method=lora")
+        if vocab.schedule == VocabSchedule.NEW_ROWS and (
+            lora or not (vocab.add_tokens or vocab.train_new_tokens)
+        ):
             raise ConfigError(
-                "vocab: new tokens need their embedding rows trained, which a LoRA adapter does not "
-                "do; extend the vocabulary with adapter.method=full"
+                "vocab.schedule=new_rows trains only the rows of tokens added in this stage: it needs "
+                "adapter.method=full and vocab.add_tokens or vocab.train_new_tokens"
+            )
+        if (
+            lora
+            and vocab.schedule != VocabSchedule.LORA_EMBEDDINGS
+            and (vocab.add_tokens or vocab.train_new_tokens)
+        ):
+            raise ConfigError(
+                "vocab: new tokens need their embedding rows trained, which a plain LoRA adapter does not "
+                "do; set vocab.schedule=lora_embeddings (embeddings and LM head trained whole) or adapter.method=full"
             )
 
 
-def extend_vocabulary(model: Any, tokenizer: Any, cfg: VocabGroup, new_domain: list[str]) -> list[str]:
-    """Add tokens (given, and/or learned as BPE tokens on ``new_domain`` text); resize embeddings.
+def extend_vocabulary(model: Any, tokenizer: Any, cfg: VocabGroup, new_domain: list[str]) -> dict[str, Any]:
+    """Extend ``tokenizer`` (in place) as ``cfg`` says and resize ``model``'s embeddings.
 
     New input and output embedding rows are set to the mean of the existing rows, so the new
-    tokens start as an "average" token rather than noise (Hewitt, 2021).
+    tokens start as an "average" token rather than noise (Hewitt, 2021). Returns the metrics:
+    ``new_tokens`` (the strings that became tokens), ``vocab_added`` (entries added),
+    ``vocab_first_new_id``, and on the new domain's text ``tokens_per_char_before`` / ``_after``.
     """
     import torch
 
+    from alignlab.models import vocab
+
+    out: dict[str, Any] = {}
+    if cfg.split_digits:
+        vocab.split_digits(tokenizer)
+        out["split_digits"] = True
     wanted = list(cfg.add_tokens)
+    if cfg.train_new_tokens > 0 and not new_domain:
+        raise ConfigError("vocab.train_new_tokens > 0 needs vocab.train_source text")
+    if new_domain:
+        out["tokens_per_char_before"] = vocab.tokens_per_char(tokenizer, new_domain)
     if cfg.train_new_tokens > 0:
-        if not new_domain:
-            raise ConfigError("vocab.train_new_tokens > 0 needs vocab.train_source text")
-        learned = tokenizer.train_new_from_iterator(
-            new_domain, vocab_size=len(tokenizer) + cfg.train_new_tokens
+        learned = vocab.learned_words(
+            tokenizer, new_domain, cfg.train_new_tokens, max_chars=cfg.max_token_chars
         )
-        existing = set(tokenizer.get_vocab())
-        ranked = sorted(learned.get_vocab().items(), key=lambda kv: kv[1])
-        fresh = [tok for tok, _ in ranked if tok not in existing]
-        # learned tokens are byte-level symbols; decode them back to text for add_tokens
-        decoded = [learned.convert_tokens_to_string([t]) for t in fresh]
-        wanted += [t for t in decoded if t.strip() and len(t) > 1][: cfg.train_new_tokens]
+        wanted += learned
     if not wanted:
-        return []
+        return out
     old_size = len(tokenizer)
-    added = tokenizer.add_tokens(list(dict.fromkeys(wanted)))
-    if added == 0:
-        return []
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if vocab.is_byte_level_bpe(tokenizer):
+        extension = vocab.merge_vocabulary(tokenizer, wanted)
+        first, words = extension.first_id, extension.words
+    else:
+        first = old_size
+        tokenizer.add_tokens(list(dict.fromkeys(wanted)))
+        words = tokenizer.convert_ids_to_tokens(list(range(old_size, len(tokenizer))))
+    if len(tokenizer) == old_size:
+        return out
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         for emb in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
-            emb.weight[old_size:] = emb.weight[:old_size].mean(dim=0, keepdim=True)
-    new_tokens = tokenizer.convert_ids_to_tokens(list(range(old_size, len(tokenizer))))
-    log.info("vocabulary extended by %d tokens", len(new_tokens))
-    return new_tokens
+            emb.weight[first : len(tokenizer)] = emb.weight[:first].mean(dim=0, keepdim=True)
+    out.update(new_tokens=words, vocab_added=len(tokenizer) - old_size, vocab_first_new_id=first)
+    if new_domain:
+        out["tokens_per_char_after"] = vocab.tokens_per_char(tokenizer, new_domain)
+    log.info(
+        "vocabulary extended: %d new tokens (%d entries)%s",
+        len(words),
+        len(tokenizer) - old_size,
+        f", tokens per character on the new domain {out['tokens_per_char_before']:.3f} -> "
+        f"{out['tokens_per_char_after']:.3f}"
+        if new_domain
+        else "",
+    )
+    return out
+
+
+def embedding_modules(model: Any) -> list[str]:
+    """The names of the input-embedding and LM-head modules (one when they are tied)."""
+    by_id = {id(m): name for name, m in model.named_modules()}
+    names = [by_id[id(model.get_input_embeddings())]]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        names.append(by_id[id(head)])
+    return [n.rsplit(".", 1)[-1] for n in names]
+
+
+def train_only_new_rows(model: Any, first_new_id: int) -> Any:
+    """Freeze all but the embedding and LM-head rows from ``first_new_id`` on: their gradients of
+    the old rows are zeroed, and a Trainer callback puts the old rows back after each step (so
+    that weight decay cannot move them either). Returns the callback."""
+    import torch
+    from transformers import TrainerCallback
+
+    tensors = {
+        id(e.weight): e.weight
+        for e in (model.get_input_embeddings(), model.get_output_embeddings())
+        if e is not None
+    }
+    for param in model.parameters():
+        param.requires_grad_(id(param) in tensors)
+    saved = {key: w.detach()[:first_new_id].clone() for key, w in tensors.items()}
+
+    def keep_old_rows(grad: Any) -> Any:
+        grad = grad.clone()
+        grad[:first_new_id] = 0
+        return grad
+
+    for weight in tensors.values():
+        weight.register_hook(keep_old_rows)
+
+    class RestoreOldRows(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            with torch.no_grad():
+                for key, weight in tensors.items():
+                    weight[:first_new_id] = saved[key]
+
+    return RestoreOldRows()
 
 
 class Pretrain:
@@ -223,7 +331,7 @@ class Pretrain:
 
         model, tok = load_causal_lm(run.inputs["model"], run.registry, merge_adapter=True)
         vocab_text = [r["text"] for r in run.data["vocab"].records] if "vocab" in run.data else []
-        new_tokens = extend_vocabulary(model, tok, cfg.vocab, vocab_text)
+        vocab_metrics = extend_vocabulary(model, tok, cfg.vocab, vocab_text)
 
         sources = {}
         for i, spec in enumerate(cfg.data.sources):
@@ -248,13 +356,22 @@ class Pretrain:
             )
 
         lora = peft_config(cfg.adapter)
+        callbacks = []
+        if cfg.vocab.schedule == VocabSchedule.NEW_ROWS:
+            callbacks.append(train_only_new_rows(model, vocab_metrics["vocab_first_new_id"]))
         if lora is not None:
             from peft import get_peft_model
 
+            if cfg.vocab.schedule == VocabSchedule.LORA_EMBEDDINGS:
+                lora.modules_to_save = embedding_modules(model)
             model = get_peft_model(model, lora)
         args = TrainingArguments(**hf_training_args(cfg.train, cfg.tracking, cfg.output, cfg.distributed))
         trainer = Trainer(
-            model=model, args=args, train_dataset=train_chunks, data_collator=default_data_collator
+            model=model,
+            args=args,
+            train_dataset=train_chunks,
+            data_collator=default_data_collator,
+            callbacks=callbacks,
         )
         trainer.train()
         model = main_process_model(trainer.model)
@@ -273,8 +390,7 @@ class Pretrain:
             }
             for s in shares
         }
-        if new_tokens:
-            metrics["new_tokens"] = new_tokens
+        metrics.update(vocab_metrics)
         if eval_chunks:
             ppl = perplexity(model, eval_chunks, batch_size=cfg.train.batch_size)
             metrics["perplexity"] = ppl["perplexity"]

@@ -151,3 +151,28 @@ def test_truncation_keeps_the_end_for_the_reward_model_and_the_prompt_for_dpo(sm
     assert row["prompt_ids"] == encode_prompts(tok, [prompt])[0]  # what the policy sees when it generates
     assert tok.decode(row["chosen_ids"]) == "60<|im_end|>\n"  # the stop token is trained
     assert tok.decode(row["rejected_ids"]) == "61<|im_end|>\n"
+
+
+def test_a_chinese_vocabulary_extension_of_smollm2_keeps_english_and_code(smollm2_tokenizer):
+    """Issue 18 §1 on the real tokenizer (byte-level BPE, 49152 entries): learned Chinese words
+    and characters become single tokens, English and code tokenize exactly as before."""
+    import copy
+
+    from alignlab.models.vocab import learned_words, merge_vocabulary, tokens_per_char
+
+    tok = copy.deepcopy(smollm2_tokenizer)
+    chinese = [
+        "我们今天去北京大学参观。",
+        "北京的天气很好，我们很高兴。",
+        "人工智能是计算机科学的一个分支。",
+    ] * 30
+    other = ["The other day he said: here is the theory.", "def f(x):\n    return x ** 2  # square\n"]
+    before = [tok(t, add_special_tokens=False)["input_ids"] for t in other]
+    per_char = tokens_per_char(tok, chinese)
+    extension = merge_vocabulary(tok, learned_words(tok, chinese, 40, max_chars=4))
+    assert len(extension.words) >= 15 and extension.first_id == len(smollm2_tokenizer)
+    assert [tok(t, add_special_tokens=False)["input_ids"] for t in other] == before
+    assert all(len(tok(w, add_special_tokens=False)["input_ids"]) == 1 for w in extension.words)
+    assert tokens_per_char(tok, chinese) < 0.6 * per_char
+    assert tok.decode(tok(chinese[0], add_special_tokens=False)["input_ids"]) == chinese[0]
+    assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "北京"}], tokenize=False)
