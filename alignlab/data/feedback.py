@@ -30,7 +30,23 @@ def parse_preference(record: dict[str, Any], where: str) -> Pair:
     prompt = as_prompt(require(record, "prompt", where), "prompt", where)
     chosen = as_response(require(record, "chosen", where), "chosen", where)
     rejected = as_response(require(record, "rejected", where), "rejected", where)
-    return Pair(prompt, chosen, rejected, optional_float(record.get("margin"), "margin", where))
+    margin = optional_float(record.get("margin"), "margin", where)
+    return Pair(prompt, chosen, rejected, margin, _rating(record.get("rating"), where))
+
+
+def _rating(value: Any, where: str) -> str | None:
+    """A LLaMA-2 rating (phrase or level 0-3) as its level's name; None when absent."""
+    from alignlab.data.ratings import LEVELS, rating_level
+    from alignlab.errors import ConfigError
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return LEVELS[rating_level(value, "rating")]
+    except ConfigError:
+        raise wrong_type(
+            where, "rating", f"a LLaMA-2 rating ({', '.join(LEVELS)}, 'unsure' or 0-3)", value
+        ) from None
 
 
 def _split_conversation(value: Any, name: str, where: str) -> tuple[list[dict[str, Any]], str]:

@@ -61,6 +61,7 @@ class Pair:
     chosen: str
     rejected: str
     margin: float | None = None
+    rating: str | None = None  # LLaMA-2's rating level name (alignlab.data.ratings), when given
 
 
 @dataclass
@@ -104,9 +105,14 @@ def _identical(where: str) -> SkippedRecord:
     )
 
 
-def preference(prompt: Messages, chosen: str, rejected: str, margin: float | None = None) -> dict[str, Any]:
-    """A canonical preference record."""
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": margin}
+def preference(
+    prompt: Messages, chosen: str, rejected: str, margin: float | None = None, rating: str | None = None
+) -> dict[str, Any]:
+    """A canonical preference record (``rating`` only when the pair has one)."""
+    record = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "margin": margin}
+    if rating is not None:
+        record["rating"] = rating
+    return record
 
 
 def ranking_to_pairs(record: dict[str, Any], *, margin_from_ranks: bool = False) -> list[dict[str, Any]]:
@@ -164,7 +170,7 @@ def to_kind(parsed: Parsed, kind: RecordKind, where: str, *, fmt: str = "") -> l
             raise _identical(where)
         if kind == RecordKind.RANKING:
             return [{"prompt": parsed.prompt, "responses": [parsed.chosen, parsed.rejected]}]
-        return [preference(parsed.prompt, parsed.chosen, parsed.rejected, parsed.margin)]
+        return [preference(parsed.prompt, parsed.chosen, parsed.rejected, parsed.margin, parsed.rating)]
     if isinstance(parsed, Ranking):
         record = {"prompt": parsed.prompt, "responses": parsed.responses}
         if kind == RecordKind.SFT:

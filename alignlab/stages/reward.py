@@ -71,12 +71,22 @@ class RewardLossGroup:
 
     Attributes:
         use_margin: subtract the data's per-pair margin (LLaMA-2) where a record has one.
+        rating_margins: the margin of a pair that carries a LLaMA-2 ``rating`` instead of a
+            ``margin``: ``small`` or ``large`` (Touvron et al. 2023, Table 27: 1, 2/3, 1/3, 0
+            and 3, 2, 1, 0 for "significantly better" ... "negligibly better / unsure"), four
+            numbers, or ``none`` (ratings unused). An explicit ``margin`` wins.
         center_coef: weight of the reward-centring term (r_chosen + r_rejected)² (Eisenstein et
             al. 2023; 0.01 is TRL's suggestion); 0 turns it off.
     """
 
     use_margin: bool = True
+    rating_margins: str | list[float] | None = None
     center_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        from alignlab.data.ratings import margins_table
+
+        margins_table(self.rating_margins)  # a ConfigError naming loss.rating_margins
 
 
 @dataclass
@@ -195,7 +205,11 @@ class RewardModel:
         inputs = resolve_inputs(registry, self, {"model": model})
         records = load_data(cfg.data, cfg.data.kind, registry, source=source)
         rankings, duplicates = rankings_from_records(
-            records.records, cfg.data.kind, use_margin=cfg.loss.use_margin, source=source
+            records.records,
+            cfg.data.kind,
+            use_margin=cfg.loss.use_margin,
+            source=source,
+            rating_margins=cfg.loss.rating_margins,
         )
         dropped = dict(records.report.dropped)
         if duplicates:
@@ -251,12 +265,16 @@ class RewardModel:
             )
         metrics["metrics_split"] = "held_out" if held_out else "train"
         metrics.update(evaluate(model, eval_enc, tok.pad_token_id, cfg.train.batch_size))
+        if by_rating := accuracy_by_rating(model, held_out, tok, cfg):
+            metrics["accuracy_by_rating"] = by_rating
         if cfg.eval.gold and on_testbed and cfg.eval.gold_n > 0:
-            gold_enc = encode(gold_rankings(cfg.eval.gold_n, GOLD_PAIRS_SEED), tok, cfg.data.max_length)[0]
+            gold = gold_rankings(cfg.eval.gold_n, GOLD_PAIRS_SEED)
+            gold_enc = encode(gold, tok, cfg.data.max_length)[0]
             metrics["gold_accuracy"] = evaluate(model, gold_enc, tok.pad_token_id, cfg.train.batch_size)[
                 "accuracy"
             ]
             metrics["gold_pairs"] = cfg.eval.gold_n
+            metrics["gold_accuracy_by_rating"] = accuracy_by_rating(model, gold, tok, cfg)
         log.info("reward model: %s", {k: v for k, v in metrics.items() if k in SUMMARY})
         model.config.pad_token_id = tok.pad_token_id
         save_model(model, tok, run.dir)
@@ -445,6 +463,24 @@ def _reduced(accelerator: Any, loss: float, stats: dict[str, float]) -> dict[str
     if accelerator.num_processes > 1:
         values = accelerator.reduce(values.to(accelerator.device), "mean").cpu()
     return dict(zip(("loss", "accuracy", "margin_mean"), values.tolist()))
+
+
+def accuracy_by_rating(
+    model: Any, rankings: list[Ranking], tok: Any, cfg: RewardModelConfig
+) -> dict[str, Any]:
+    """Accuracy on the pairs of each LLaMA-2 rating level (``{level: {"accuracy", "pairs"}}``),
+    for the pairs that carry one: LLaMA-2 reports that margins help on the clearly separable
+    pairs (Touvron et al. 2023, Table 28). Empty when none does."""
+    from alignlab.data.ratings import LEVELS
+
+    out: dict[str, Any] = {}
+    for level, name in enumerate(LEVELS):
+        group = [r for r in rankings if r.rating == level]
+        if group:
+            enc = encode(group, tok, cfg.data.max_length)[0]
+            accuracy = evaluate(model, enc, tok.pad_token_id, cfg.train.batch_size)["accuracy"]
+            out[name] = {"accuracy": accuracy, "pairs": len(group)}
+    return out
 
 
 def evaluate(model: Any, data: list[Encoded], pad_token_id: int, batch_size: int) -> dict[str, float]:

@@ -33,29 +33,47 @@ class Ranking:
         prompt: the prompt messages.
         responses: K >= 2 responses, best first.
         margins: one margin per pair (:func:`alignlab.reward_losses.ranking_pairs` order), or None.
+        rating: a pair's LLaMA-2 rating level (0 = significantly better ... 3 = negligibly
+            better / unsure, :mod:`alignlab.data.ratings`), when its record has one.
     """
 
     prompt: list[dict[str, Any]]
     responses: list[str]
     margins: list[float] | None = None
+    rating: int | None = None
 
 
 def rankings_from_records(
-    records: Sequence[dict[str, Any]], kind: str, *, use_margin: bool = True, source: str = ""
+    records: Sequence[dict[str, Any]],
+    kind: str,
+    *,
+    use_margin: bool = True,
+    source: str = "",
+    rating_margins: Any = None,
 ) -> tuple[list[Ranking], int]:
     """Canonical ``preference`` or ``ranking`` records as rankings; also the number dropped.
+
+    A pair's margin is its ``margin``, else, with ``rating_margins`` (a preset or four numbers,
+    :func:`alignlab.data.ratings.margins_table`), the margin of its LLaMA-2 ``rating``.
 
     A ranking holding the same response twice (after stripping) says nothing about those two
     and contradicts itself about the rest; it is dropped with a warning and counted, as
     :mod:`alignlab.data` drops a pair whose chosen equals its rejected.
     """
+    from alignlab.data.ratings import margin_for, margins_table, rating_level
+
+    table = margins_table(rating_margins)
     out: list[Ranking] = []
     dropped = 0
-    for record in records:
+    for i, record in enumerate(records, 1):
         if kind == "preference":
-            margin = record.get("margin")
+            margin, rating = record.get("margin"), record.get("rating")
+            where = f"{source or 'reward data'}: record {i}, field rating"
+            level = None if rating is None else rating_level(rating, where)
+            if margin is None and table is not None and level is not None:
+                margin = margin_for(level, table, where)
             margins = [float(margin)] if use_margin and margin is not None else None
-            out.append(Ranking(record["prompt"], [record["chosen"], record["rejected"]], margins))
+            out.append(Ranking(record["prompt"], [record["chosen"], record["rejected"]], margins, level))
             continue
         responses = list(record["responses"])
         if len({r.strip() for r in responses}) < len(responses):
@@ -112,10 +130,14 @@ def gold_rankings(n: int, seed: int) -> list[Ranking]:
     from alignlab.testbed import gold_preference, preference_pairs
 
     out = []
+    from alignlab.data.ratings import rating_level
+
     for pair in preference_pairs(n, seed=seed, label_noise=0.0):
         prompt, a, b = pair["prompt"], pair["chosen"], pair["rejected"]
         best_first = [a, b] if gold_preference(prompt, a, b) > 0.5 else [b, a]
-        out.append(Ranking([{"role": "user", "content": prompt}], best_first))
+        out.append(
+            Ranking([{"role": "user", "content": prompt}], best_first, rating=rating_level(pair["rating"]))
+        )
     return out
 
 

@@ -37,6 +37,10 @@ TESTBED_VERSION = "1"
 CANDIDATE_SLOPPY_SHARE = 0.5
 CANDIDATE_WRONG_WEIGHT = 0.6
 PAIR_MIN_GAP = 0.1  # chosen and rejected differ by at least this much gold score
+#: Gold-score gaps at which a pair is rated LLaMA-2's "significantly better", "better", "slightly
+#: better" (below the last: "negligibly better"): about the quartiles of the pairs' gaps (0.22,
+#: 0.32, 0.40 over 2,000 pairs of seed 0), rounded, so the four levels are about equally common.
+RATING_GAPS = (0.4, 0.3, 0.2)
 RANK_MIN_GAP = 0.05  # neighbours in a ranking differ by at least this much
 MAX_RANKING_K = 6
 EVAL_SIZE = 1000  # length of the fixed held-out list
@@ -163,12 +167,24 @@ def _candidates(task: Task, rng: random.Random, count: int, min_gap: float) -> l
     raise RuntimeError(f"could not draw {count} distinct responses for {task.prompt!r}")  # pragma: no cover
 
 
+def rating_from_gap(gap: float) -> str:
+    """LLaMA-2's rating of a pair whose gold scores differ by ``gap`` (:data:`RATING_GAPS`)."""
+    from alignlab.data.ratings import LEVELS
+
+    for level, threshold in enumerate(RATING_GAPS):
+        if gap >= threshold:
+            return LEVELS[level]
+    return LEVELS[-1]
+
+
 def preference_pairs(n: int, seed: int = 0, label_noise: float = 0.1) -> list[dict[str, str]]:
     """Chosen/rejected pairs on train-split prompts, labelled by the gold scorer.
 
     Both responses come from the annotators' styles (clean, filler, hedge, ramble, wrong); the
     one with the higher gold score is ``chosen``, except that a share ``label_noise`` of the
-    pairs is flipped, as human labellers disagree.
+    pairs is flipped, as human labellers disagree. Each pair carries a LLaMA-2 ``rating`` from
+    its gold-score gap (:func:`rating_from_gap`; a flipped pair keeps its rating, as a
+    labeller's confident mistake).
     """
     _check_count(n, "preference_pairs")
     _check_share(label_noise, "label_noise")
@@ -180,7 +196,8 @@ def preference_pairs(n: int, seed: int = 0, label_noise: float = 0.1) -> list[di
         chosen, rejected = (a, b) if score_a > score_b else (b, a)
         if rng.random() < label_noise:
             chosen, rejected = rejected, chosen
-        pairs.append({"prompt": task.prompt, "chosen": chosen, "rejected": rejected})
+        rating = rating_from_gap(abs(score_a - score_b))
+        pairs.append({"prompt": task.prompt, "chosen": chosen, "rejected": rejected, "rating": rating})
     return pairs
 
 

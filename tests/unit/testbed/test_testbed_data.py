@@ -162,7 +162,7 @@ def test_bad_knobs_are_config_errors():
 def test_source_names_and_shapes():
     assert set(source("pretrain", n=3)[0]) == {"text"}
     assert set(source("sft", n=3)[0]) == {"messages"}
-    assert set(source("preferences", n=3)[0]) == {"prompt", "chosen", "rejected"}
+    assert set(source("preferences", n=3)[0]) == {"prompt", "chosen", "rejected", "rating"}
     assert set(source("rankings", n=3, k=3)[0]) == {"prompt", "responses"}
     assert set(source("prompts", n=3)[0]) == {"prompt"}
     assert [r["prompt"] for r in source("eval", n=3)] == eval_prompts(3)
@@ -219,3 +219,18 @@ def test_habitual_families_make_their_habit_the_most_common_answer():
     for family, counts in kinds.items():
         expected = "habit" if annotator_of(family).habit else "clean"
         assert counts.most_common(1)[0][0] == expected, (family, counts)
+
+
+def test_pairs_carry_the_llama2_rating_of_their_gold_gap():
+    from alignlab.data.ratings import LEVELS, rating_level
+    from alignlab.testbed.data import RATING_GAPS
+
+    pairs = preference_pairs(400, label_noise=0.0)
+    counts = {level: 0 for level in LEVELS}
+    for p in pairs:
+        gap = gold_response_score(p["prompt"], p["chosen"]) - gold_response_score(p["prompt"], p["rejected"])
+        level = rating_level(p["rating"])
+        assert gap >= (RATING_GAPS[level] if level < 3 else 0.0)
+        assert level == 0 or gap < RATING_GAPS[level - 1]
+        counts[p["rating"]] += 1
+    assert all(n >= 40 for n in counts.values()), counts  # every level is common
