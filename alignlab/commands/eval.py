@@ -77,7 +77,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = command("mc", _multiple_choice, "k-shot multiple-choice accuracy (MMLU / C-Eval style)")
     p.add_argument("ref", metavar="REF", help="a causal LM reference")
-    p.add_argument("--questions", required=True, help='JSONL: {"question", "choices", "answer", "subject"?}')
+    p.add_argument(
+        "--questions",
+        required=True,
+        help='JSONL {"question", "choices", "answer", "subject"?}, or C-Eval/MMLU rows {"question", "A".."D", "answer"} '
+        "(JSONL or CSV; a CSV's subject is its file name)",
+    )
+    p.add_argument(
+        "--template",
+        choices=["mmlu", "ceval_zh"],
+        default="mmlu",
+        help="mmlu (English header, 'Answer:') or ceval_zh (C-Eval's Chinese header, '答案：')",
+    )
+    p.add_argument(
+        "--subject-mapping",
+        default=None,
+        help="C-Eval's subject_mapping.json: subject names and categories (per-category accuracy)",
+    )
     p.add_argument("--shots", type=int, default=5, help="solved examples before each question (default 5)")
     p.add_argument("--dev", default=None, help="JSONL the examples come from (default: the other questions)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration (Zhao et al. 2021)")
@@ -187,12 +203,14 @@ def _perplexity(args: argparse.Namespace) -> int:
 
 
 def _multiple_choice(args: argparse.Namespace) -> int:
-    from alignlab.eval.multiple_choice import evaluate_multiple_choice, load_questions
+    from alignlab.eval.multiple_choice import evaluate_multiple_choice, load_questions, load_subject_mapping
     from alignlab.models import load_causal_lm
 
     registry = Registry(args.registry)
-    questions = load_questions(args.questions)
-    pool = load_questions(args.dev) if args.dev else None
+    mapping = load_subject_mapping(args.subject_mapping) if args.subject_mapping else None
+    chinese = args.template == "ceval_zh"
+    questions = load_questions(args.questions, mapping=mapping, chinese_names=chinese)
+    pool = load_questions(args.dev, mapping=mapping, chinese_names=chinese) if args.dev else None
     model, tokenizer = load_causal_lm(args.ref, registry)
     result = evaluate_multiple_choice(
         model,
@@ -203,6 +221,7 @@ def _multiple_choice(args: argparse.Namespace) -> int:
         content_free=args.content_free,
         shot_pool=pool,
         batch_size=args.batch_size,
+        template=args.template,
     )
     lines = [
         f"accuracy {result.accuracy:.4f} on {result.n} questions, {result.shots}-shot"
@@ -212,6 +231,8 @@ def _multiple_choice(args: argparse.Namespace) -> int:
         lines.append(f"accuracy before calibration {result.accuracy_uncalibrated:.4f}")
     if len(result.per_subject) > 1:
         lines += [f"  {subject}: {acc:.4f}" for subject, acc in result.per_subject.items()]
+    if result.per_category:
+        lines += [f"  category {name}: {acc:.4f}" for name, acc in result.per_category.items()]
     return _finish(args, registry, result, result.to_metrics(args.questions), "eval.mc", lines)
 
 

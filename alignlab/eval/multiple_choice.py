@@ -8,7 +8,15 @@ Contextual calibration (Zhao et al. 2021, "Calibrate Before Use") estimates the 
 itself gives each letter by asking the same k-shot prompt a content-free question ("N/A" as the
 question and as every option), then corrects for it: ``p_cal ∝ p / p_cf``.
 
-Questions are JSONL lines ``{"question", "choices": [...], "answer": "B" or 1, "subject"?}``.
+Questions are JSONL lines ``{"question", "choices": [...], "answer": "B" or 1, "subject"?,
+"category"?}``, or C-Eval's and MMLU's native rows ``{"question", "A", "B", "C", "D", "answer"}``
+(JSONL, or a CSV with that header, as C-Eval ships ``<subject>_val.csv``; the subject then comes
+from the file name). A C-Eval ``subject_mapping.json`` (``{subject: [English name, Chinese name,
+category]}``) gives each subject its display name and category.
+
+Templates: ``mmlu`` (Hendrycks et al. 2021: "The following are multiple choice questions (with
+answers) about {subject}." ... "Answer:") and ``ceval_zh`` (C-Eval's own prompt, Huang et al.
+2023: "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。" ... "答案：").
 
 Example:
     >>> questions = load_questions("mmlu_sample.jsonl")  # doctest: +SKIP
@@ -41,37 +49,106 @@ class Question:
     choices: tuple[str, ...]
     answer: int
     subject: str | None = None
+    category: str | None = None
+    subject_name: str | None = None  # the name the header shows (the subject's, by default)
 
 
-def load_questions(path: str | Path) -> list[Question]:
-    """Read questions from a JSONL file; errors name ``file:line`` and the field.
+_SPLIT_SUFFIXES = ("_val", "_dev", "_test")
+
+
+def _subject_of_file(path: Path) -> str:
+    stem = path.stem
+    for suffix in _SPLIT_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def load_subject_mapping(path: str | Path) -> dict[str, tuple[str, str, str]]:
+    """C-Eval's ``subject_mapping.json``: ``{subject: [English name, Chinese name, category]}``."""
+    from alignlab.data.sources import read_utf8
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"subject mapping not found: {path}")
+    try:
+        raw = json.loads(read_utf8(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, list) and len(v) == 3 and all(isinstance(x, str) for x in v) for v in raw.values()
+    ):
+        raise DataError(
+            f"{path}: expected {{subject: [English name, Chinese name, category]}} as C-Eval ships it"
+        )
+    return {k: (v[0], v[1], v[2]) for k, v in raw.items()}
+
+
+def load_questions(
+    path: str | Path, *, mapping: dict[str, tuple[str, str, str]] | None = None, chinese_names: bool = False
+) -> list[Question]:
+    """Read questions from a JSONL or CSV file; errors name ``file:line`` and the field.
+
+    ``mapping`` (:func:`load_subject_mapping`) adds each subject's category and display name
+    (its Chinese name with ``chinese_names``, for the ``ceval_zh`` template).
 
     Raises:
         DataError: a missing file, bad JSON, or a record without a question, with fewer than two
             choices, or with an answer that is not one of its letters / indices.
     """
+    from alignlab.data.sources import read_utf8
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"questions file not found: {path}")
-    out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err})") from None
-        out.append(_question(row, where))
+    text = read_utf8(path)
+    if path.suffix.lower() == ".csv":
+        import csv
+        import io
+
+        rows = [(n, row) for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2)]
+        default_subject: str | None = _subject_of_file(path)
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err})") from None
+        default_subject = None
+    out = [_question(row, f"{path}:{number}", default_subject) for number, row in rows]
     if not out:
         raise DataError(f"{path}: no questions")
+    if mapping:
+        out = [_mapped(q, mapping, chinese_names) for q in out]
     return out
 
 
-def _question(row: Any, where: str) -> Question:
+def _mapped(q: Question, mapping: dict[str, tuple[str, str, str]], chinese: bool) -> Question:
+    if q.subject not in mapping:
+        return q
+    english, zh, category = mapping[q.subject]
+    return Question(
+        q.question, q.choices, q.answer, q.subject, q.category or category, zh if chinese else english
+    )
+
+
+def _native_choices(row: dict[str, Any]) -> list[Any] | None:
+    """C-Eval's / MMLU's ``A``, ``B``, ... columns, in order (None when the row has none)."""
+    choices = []
+    for letter in LETTERS:
+        if letter not in row or row[letter] is None:
+            break
+        choices.append(row[letter])
+    return choices or None
+
+
+def _question(row: Any, where: str, default_subject: str | None = None) -> Question:
     if not isinstance(row, dict) or not isinstance(row.get("question"), str):
         raise DataError(f"{where}: expected an object with a 'question' string")
-    choices = row.get("choices")
+    choices = row.get("choices") if "choices" in row else _native_choices(row)
     if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
         raise DataError(f"{where}: 'choices' must be a list of 2 to {len(LETTERS)} options")
     answer = row.get("answer")
@@ -83,22 +160,66 @@ def _question(row: Any, where: str) -> Question:
         raise DataError(f"{where}: 'answer' must be a letter such as 'B' or a 0-based index, got {answer!r}")
     if not 0 <= index < len(choices):
         raise DataError(f"{where}: answer {answer!r} is not one of the {len(choices)} choices")
-    subject = row.get("subject")
-    return Question(row["question"], tuple(str(c) for c in choices), index, str(subject) if subject else None)
+    subject = row.get("subject") or default_subject
+    category = row.get("category")
+    return Question(
+        row["question"],
+        tuple(str(c) for c in choices),
+        index,
+        str(subject) if subject else None,
+        str(category) if category else None,
+    )
 
 
-def format_question(q: Question, with_answer: bool) -> str:
-    """``question``, the lettered options, then ``Answer:`` (and the letter for a solved example)."""
+@dataclass(frozen=True)
+class Template:
+    """How a question is shown: the header (``{subject}`` filled in) and the answer marker; the
+    option letters follow the marker after ``letter_prefix``."""
+
+    header: str
+    header_without_subject: str
+    answer_marker: str
+    letter_prefix: str
+
+
+TEMPLATES = {
+    "mmlu": Template(
+        "The following are multiple choice questions (with answers) about {subject}.\n\n",
+        "The following are multiple choice questions (with answers).\n\n",
+        "Answer:",
+        " ",
+    ),
+    "ceval_zh": Template(
+        "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n",
+        "以下是单项选择题，请选出其中的正确答案。\n\n",
+        "答案：",
+        "",
+    ),
+}
+
+
+def template_named(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise ConfigError(f"multiple choice: template {name!r} is not one of {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def format_question(q: Question, with_answer: bool, template: Template = TEMPLATES["mmlu"]) -> str:
+    """``question``, the lettered options, then the answer marker (and the letter for a solved example)."""
     options = "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(q.choices))
-    answer = f" {LETTERS[q.answer]}\n\n" if with_answer else ""
-    return f"{q.question}\n{options}\nAnswer:{answer}"
+    answer = f"{template.letter_prefix}{LETTERS[q.answer]}\n\n" if with_answer else ""
+    return f"{q.question}\n{options}\n{template.answer_marker}{answer}"
 
 
-def few_shot_prompt(q: Question, shots: Sequence[Question]) -> str:
-    """The MMLU prompt: a header naming the subject, ``k`` solved examples, the question."""
-    subject = f" about {q.subject.replace('_', ' ')}" if q.subject else ""
-    header = f"The following are multiple choice questions (with answers){subject}.\n\n"
-    return header + "".join(format_question(s, True) for s in shots) + format_question(q, False)
+def few_shot_prompt(q: Question, shots: Sequence[Question], template: Template = TEMPLATES["mmlu"]) -> str:
+    """The template's prompt: a header naming the subject, ``k`` solved examples, the question."""
+    name = q.subject_name or (q.subject.replace("_", " ") if q.subject else None)
+    header = template.header.format(subject=name) if name else template.header_without_subject
+    return (
+        header
+        + "".join(format_question(s, True, template) for s in shots)
+        + format_question(q, False, template)
+    )
 
 
 def select_shots(pool: Sequence[Question], q: Question, k: int) -> list[Question]:
@@ -128,6 +249,8 @@ class MultipleChoiceResult:
         calibrated: whether contextual calibration was applied.
         accuracy_uncalibrated: the accuracy before calibration (equal to ``accuracy`` without it).
         per_subject: accuracy by subject (questions without a subject under ``"-"``).
+        per_category: accuracy by category (C-Eval's STEM, Social Science, Humanities, Other),
+            for questions with one; empty otherwise.
         predictions: the predicted option index of each question.
         probabilities: the option probabilities of each question (as used for ``predictions``).
     """
@@ -139,6 +262,7 @@ class MultipleChoiceResult:
     calibrated: bool
     accuracy_uncalibrated: float
     per_subject: dict[str, float] = field(default_factory=dict)
+    per_category: dict[str, float] = field(default_factory=dict)
     predictions: list[int] = field(default_factory=list, repr=False)
     probabilities: list[list[float]] = field(default_factory=list, repr=False)
 
@@ -153,6 +277,8 @@ class MultipleChoiceResult:
             "mc_accuracy_uncalibrated": self.accuracy_uncalibrated,
             "mc_per_subject": self.per_subject,
         }
+        if self.per_category:
+            out["mc_per_category"] = self.per_category
         if source:
             out["mc_questions"] = source
         return out
@@ -168,6 +294,7 @@ def evaluate_multiple_choice(
     content_free: Sequence[str] = CONTENT_FREE,
     shot_pool: Sequence[Question] | None = None,
     batch_size: int = 8,
+    template: str = "mmlu",
 ) -> MultipleChoiceResult:
     """k-shot accuracy of ``model`` on ``questions``.
 
@@ -180,19 +307,21 @@ def evaluate_multiple_choice(
         content_free: the content-free stand-ins for question and options.
         shot_pool: where examples come from (a dev split); default the other questions.
         batch_size: sequences per forward pass.
+        template: ``mmlu`` or ``ceval_zh`` (:data:`TEMPLATES`).
     """
+    style = template_named(template)
     if shots < 0:
         raise ConfigError(f"shots must be >= 0, got {shots}")
     if not questions:
         raise DataError("multiple choice: no questions")
     pool = list(shot_pool) if shot_pool is not None else list(questions)
     examples = [select_shots(pool, q, shots) for q in questions]
-    letters = [[f" {LETTERS[i]}" for i in range(len(q.choices))] for q in questions]
+    letters = [[f"{style.letter_prefix}{LETTERS[i]}" for i in range(len(q.choices))] for q in questions]
 
     def encode(text: str) -> list[int]:
         return tokenizer(text).input_ids  # the tokenizer's own BOS, as in any document
 
-    contexts = [encode(few_shot_prompt(q, ex)) for q, ex in zip(questions, examples)]
+    contexts = [encode(few_shot_prompt(q, ex, style)) for q, ex in zip(questions, examples)]
     probs = [lp.exp() for lp in option_logprobs(model, tokenizer, contexts, letters, batch_size=batch_size)]
     raw = [int(p.argmax()) for p in probs]
     final = probs
@@ -203,8 +332,8 @@ def evaluate_multiple_choice(
         for key, i in unique.items():
             q = questions[i]
             for text in content_free:
-                blank = Question(text, (text,) * len(q.choices), 0, q.subject)
-                cf_contexts.append(encode(few_shot_prompt(blank, examples[i])))
+                blank = Question(text, (text,) * len(q.choices), 0, q.subject, q.category, q.subject_name)
+                cf_contexts.append(encode(few_shot_prompt(blank, examples[i], style)))
                 cf_options.append(letters[i])
                 owners.append(key)
         cf_scores = option_logprobs(model, tokenizer, cf_contexts, cf_options, batch_size=batch_size)
@@ -215,8 +344,11 @@ def evaluate_multiple_choice(
     predictions = [int(p.argmax()) for p in final]
     hits = [pred == q.answer for pred, q in zip(predictions, questions)]
     by_subject: dict[str, list[bool]] = {}
+    by_category: dict[str, list[bool]] = {}
     for q, hit in zip(questions, hits):
         by_subject.setdefault(q.subject or "-", []).append(hit)
+        if q.category:
+            by_category.setdefault(q.category, []).append(hit)
     n = len(questions)
     return MultipleChoiceResult(
         accuracy=sum(hits) / n,
@@ -226,6 +358,7 @@ def evaluate_multiple_choice(
         calibrated=calibrate_bias,
         accuracy_uncalibrated=sum(r == q.answer for r, q in zip(raw, questions)) / n,
         per_subject={s: sum(h) / len(h) for s, h in sorted(by_subject.items())},
+        per_category={c: sum(h) / len(h) for c, h in sorted(by_category.items())},
         predictions=predictions,
         probabilities=[p.tolist() for p in final],
     )

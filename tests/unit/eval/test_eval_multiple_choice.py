@@ -10,6 +10,7 @@ import torch
 from alignlab.errors import DataError
 from alignlab.eval.multiple_choice import (
     LETTERS,
+    TEMPLATES,
     Question,
     evaluate_multiple_choice,
     few_shot_prompt,
@@ -146,3 +147,65 @@ def test_load_questions_accepts_letters_and_indices_and_names_bad_lines(tmp_path
     with pytest.raises(DataError, match=r"q\.jsonl:2: answer 'D' is not one of the 2 choices"):
         load_questions(path)
     assert LETTERS[:4] == "ABCD"
+
+
+# ---- C-Eval / MMLU native rows (issue 18 §4) -------------------------------------------------
+
+
+def test_c_eval_native_rows_load_from_jsonl_and_csv_with_the_subject_from_the_file_name(tmp_path):
+    from alignlab.eval.multiple_choice import load_subject_mapping
+
+    row = {"id": 0, "question": "1+1=?", "A": "1", "B": "2", "C": "3", "D": "4", "answer": "B"}
+    (tmp_path / "q.jsonl").write_text(json.dumps({**row, "subject": "math"}, ensure_ascii=False) + "\n")
+    (tmp_path / "computer_network_val.csv").write_text(
+        "id,question,A,B,C,D,answer,explanation\n0,TCP是哪一层协议？,物理层,数据链路层,网络层,传输层,D,\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "map.json").write_text(
+        json.dumps({"computer_network": ["Computer Network", "计算机网络", "STEM"]}, ensure_ascii=False),
+        encoding="utf-8",
+    )
+    [jsonl] = load_questions(tmp_path / "q.jsonl")
+    assert (jsonl.choices, jsonl.answer, jsonl.subject) == (("1", "2", "3", "4"), 1, "math")
+    mapping = load_subject_mapping(tmp_path / "map.json")
+    [csv_q] = load_questions(tmp_path / "computer_network_val.csv", mapping=mapping, chinese_names=True)
+    assert (csv_q.subject, csv_q.category, csv_q.subject_name, csv_q.answer) == (
+        "computer_network",
+        "STEM",
+        "计算机网络",
+        3,
+    )
+    prompt = few_shot_prompt(csv_q, [], TEMPLATES["ceval_zh"])
+    assert prompt == (
+        "以下是中国关于计算机网络考试的单项选择题，请选出其中的正确答案。\n\n"
+        "TCP是哪一层协议？\nA. 物理层\nB. 数据链路层\nC. 网络层\nD. 传输层\n答案："
+    )
+    (tmp_path / "bad.json").write_text('{"x": [1]}')
+    with pytest.raises(DataError, match="bad.json"):
+        load_subject_mapping(tmp_path / "bad.json")
+
+
+def test_a_shot_in_the_chinese_template_has_the_letter_right_after_the_marker():
+    from alignlab.eval.multiple_choice import TEMPLATES
+
+    q = Question("2+2=?", ("3", "4"), 1, "math")
+    prompt = few_shot_prompt(q, [Question("1+1=?", ("2", "5"), 0, "math")], TEMPLATES["ceval_zh"])
+    assert "1+1=?\nA. 2\nB. 5\n答案：A\n\n" in prompt and prompt.endswith("答案：")
+
+
+def test_accuracy_per_category_beside_per_subject(tok):
+    questions = [
+        Question("q0", ("w", "x", "y", "z"), 0, "physics", "STEM"),
+        Question("q1", ("w", "x", "y", "z"), 1, "math", "STEM"),
+        Question("q2", ("w", "x", "y", "z"), 2, "law", "Humanities"),
+    ]
+    picks = {"q0": 0, "q1": 0, "q2": 2}  # q1 wrong
+
+    def logits_for(q):
+        return [5.0 if i == picks[q] else 0.0 for i in range(4)]
+
+    result = evaluate_multiple_choice(RiggedLM(tok, logits_for), tok, questions, shots=0)
+    assert result.per_category == {"Humanities": 1.0, "STEM": 0.5}
+    assert result.to_metrics()["mc_per_category"] == {"Humanities": 1.0, "STEM": 0.5}
+    with pytest.raises(Exception, match="template"):
+        evaluate_multiple_choice(RiggedLM(tok, logits_for), tok, questions, shots=0, template="gsm8k")
