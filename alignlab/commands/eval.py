@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignlab.commands import Handler, friendly_errors
+from alignlab.errors import ConfigError
 from alignlab.registry import Artifact, Registry
 
 if TYPE_CHECKING:
@@ -97,6 +98,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=5, help="solved examples before each question (default 5)")
     p.add_argument("--dev", default=None, help="JSONL the examples come from (default: the other questions)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration (Zhao et al. 2021)")
+    p.add_argument(
+        "--cot",
+        action="store_true",
+        help="chain-of-thought: worked examples (their 'explanation'), the answer read after the reasoning",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=256, help="--cot: the reasoning's budget (default 256)"
+    )
     p.add_argument(
         "--content-free",
         nargs="+",
@@ -203,7 +212,12 @@ def _perplexity(args: argparse.Namespace) -> int:
 
 
 def _multiple_choice(args: argparse.Namespace) -> int:
-    from alignlab.eval.multiple_choice import evaluate_multiple_choice, load_questions, load_subject_mapping
+    from alignlab.eval.multiple_choice import (
+        evaluate_multiple_choice,
+        evaluate_multiple_choice_cot,
+        load_questions,
+        load_subject_mapping,
+    )
     from alignlab.models import load_causal_lm
 
     registry = Registry(args.registry)
@@ -211,24 +225,40 @@ def _multiple_choice(args: argparse.Namespace) -> int:
     chinese = args.template == "ceval_zh"
     questions = load_questions(args.questions, mapping=mapping, chinese_names=chinese)
     pool = load_questions(args.dev, mapping=mapping, chinese_names=chinese) if args.dev else None
+    if args.cot and args.calibrate:
+        raise ConfigError("eval mc: --cot reads generated answers; --calibrate applies to letter scores only")
     model, tokenizer = load_causal_lm(args.ref, registry)
-    result = evaluate_multiple_choice(
-        model,
-        tokenizer,
-        questions,
-        shots=args.shots,
-        calibrate_bias=args.calibrate,
-        content_free=args.content_free,
-        shot_pool=pool,
-        batch_size=args.batch_size,
-        template=args.template,
-    )
+    if args.cot:
+        result = evaluate_multiple_choice_cot(
+            model,
+            tokenizer,
+            questions,
+            shots=args.shots,
+            shot_pool=pool,
+            template=args.template,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+        )
+    else:
+        result = evaluate_multiple_choice(
+            model,
+            tokenizer,
+            questions,
+            shots=args.shots,
+            calibrate_bias=args.calibrate,
+            content_free=args.content_free,
+            shot_pool=pool,
+            batch_size=args.batch_size,
+            template=args.template,
+        )
     lines = [
         f"accuracy {result.accuracy:.4f} on {result.n} questions, {result.shots}-shot"
         f"{' (calibrated)' if result.calibrated else ''}; random baseline {result.random_baseline:.4f}"
     ]
     if result.calibrated:
         lines.append(f"accuracy before calibration {result.accuracy_uncalibrated:.4f}")
+    if result.cot:
+        lines.append(f"chain-of-thought: {result.unparsed} answer(s) named no option (counted wrong)")
     if len(result.per_subject) > 1:
         lines += [f"  {subject}: {acc:.4f}" for subject, acc in result.per_subject.items()]
     if result.per_category:

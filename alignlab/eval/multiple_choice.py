@@ -51,6 +51,7 @@ class Question:
     subject: str | None = None
     category: str | None = None
     subject_name: str | None = None  # the name the header shows (the subject's, by default)
+    explanation: str | None = None  # a worked solution (C-Eval dev's column), for chain-of-thought shots
 
 
 _SPLIT_SUFFIXES = ("_val", "_dev", "_test")
@@ -129,10 +130,10 @@ def load_questions(
 def _mapped(q: Question, mapping: dict[str, tuple[str, str, str]], chinese: bool) -> Question:
     if q.subject not in mapping:
         return q
+    import dataclasses
+
     english, zh, category = mapping[q.subject]
-    return Question(
-        q.question, q.choices, q.answer, q.subject, q.category or category, zh if chinese else english
-    )
+    return dataclasses.replace(q, category=q.category or category, subject_name=zh if chinese else english)
 
 
 def _native_choices(row: dict[str, Any]) -> list[Any] | None:
@@ -162,12 +163,14 @@ def _question(row: Any, where: str, default_subject: str | None = None) -> Quest
         raise DataError(f"{where}: answer {answer!r} is not one of the {len(choices)} choices")
     subject = row.get("subject") or default_subject
     category = row.get("category")
+    explanation = row.get("explanation")
     return Question(
         row["question"],
         tuple(str(c) for c in choices),
         index,
         str(subject) if subject else None,
         str(category) if category else None,
+        explanation=str(explanation).strip() if explanation and str(explanation).strip() else None,
     )
 
 
@@ -180,6 +183,9 @@ class Template:
     header_without_subject: str
     answer_marker: str
     letter_prefix: str
+    cot_lead: str  # what a chain-of-thought answer starts with, after the marker
+    cot_conclusion: str  # how it ends, ``{letter}`` filled in
+    cot_pattern: str  # a regular expression whose group 1 reads the letter back
 
 
 TEMPLATES = {
@@ -188,12 +194,18 @@ TEMPLATES = {
         "The following are multiple choice questions (with answers).\n\n",
         "Answer:",
         " ",
+        " Let's think step by step.",
+        "So the answer is {letter}.",
+        r"answer is:?\s*\(?([A-Z])\b",
     ),
     "ceval_zh": Template(
         "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n",
         "以下是单项选择题，请选出其中的正确答案。\n\n",
         "答案：",
         "",
+        "让我们一步一步思考，",  # C-Eval's chain-of-thought prompt (Huang et al. 2023, its code)
+        "所以答案是{letter}。",
+        r"答案是\s*([A-Z])",
     ),
 }
 
@@ -209,6 +221,39 @@ def format_question(q: Question, with_answer: bool, template: Template = TEMPLAT
     options = "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(q.choices))
     answer = f"{template.letter_prefix}{LETTERS[q.answer]}\n\n" if with_answer else ""
     return f"{q.question}\n{options}\n{template.answer_marker}{answer}"
+
+
+def format_cot_question(q: Question, with_answer: bool, template: Template) -> str:
+    """A chain-of-thought block: the question, its options, the marker and the lead; for a solved
+    example also its explanation and the conclusion naming the letter."""
+    options = "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(q.choices))
+    head = f"{q.question}\n{options}\n{template.answer_marker}{template.cot_lead}"
+    if not with_answer:
+        return head
+    conclusion = template.cot_conclusion.format(letter=LETTERS[q.answer])
+    return f"{head}\n{q.explanation}\n{conclusion}\n\n"
+
+
+def cot_prompt(q: Question, shots: Sequence[Question], template: Template) -> str:
+    """The chain-of-thought prompt: header, ``k`` worked examples, the question up to the lead."""
+    name = q.subject_name or (q.subject.replace("_", " ") if q.subject else None)
+    header = template.header.format(subject=name) if name else template.header_without_subject
+    return (
+        header
+        + "".join(format_cot_question(s, True, template) for s in shots)
+        + format_cot_question(q, False, template)
+    )
+
+
+def read_cot_answer(text: str, template: Template, n_choices: int) -> int | None:
+    """The option index a chain-of-thought answer concludes with (the last match of the
+    template's pattern before the next question), or None when it names none."""
+    import re
+
+    reply = text.split("\n\n", 1)[0]
+    found = [m.group(1) for m in re.finditer(template.cot_pattern, reply)]
+    letters = [LETTERS.index(x) for x in found if LETTERS.index(x) < n_choices]
+    return letters[-1] if letters else None
 
 
 def few_shot_prompt(q: Question, shots: Sequence[Question], template: Template = TEMPLATES["mmlu"]) -> str:
@@ -251,6 +296,9 @@ class MultipleChoiceResult:
         per_subject: accuracy by subject (questions without a subject under ``"-"``).
         per_category: accuracy by category (C-Eval's STEM, Social Science, Humanities, Other),
             for questions with one; empty otherwise.
+        cot: whether the answers were generated with chain-of-thought and read after the
+            reasoning (:func:`evaluate_multiple_choice_cot`).
+        unparsed: chain-of-thought answers that named no option (counted wrong).
         predictions: the predicted option index of each question.
         probabilities: the option probabilities of each question (as used for ``predictions``).
     """
@@ -263,6 +311,8 @@ class MultipleChoiceResult:
     accuracy_uncalibrated: float
     per_subject: dict[str, float] = field(default_factory=dict)
     per_category: dict[str, float] = field(default_factory=dict)
+    cot: bool = False
+    unparsed: int = 0
     predictions: list[int] = field(default_factory=list, repr=False)
     probabilities: list[list[float]] = field(default_factory=list, repr=False)
 
@@ -279,6 +329,8 @@ class MultipleChoiceResult:
         }
         if self.per_category:
             out["mc_per_category"] = self.per_category
+        if self.cot:
+            out.update(mc_cot=True, mc_unparsed=self.unparsed)
         if source:
             out["mc_questions"] = source
         return out
@@ -342,6 +394,18 @@ def evaluate_multiple_choice(
             bias.setdefault(key, []).append(lp.exp())
         final = [calibrate(p, torch.stack(bias[key]).mean(dim=0)) for p, key in zip(probs, keys)]
     predictions = [int(p.argmax()) for p in final]
+    return _result(
+        questions,
+        predictions,
+        shots=shots,
+        calibrated=calibrate_bias,
+        accuracy_uncalibrated=sum(r == q.answer for r, q in zip(raw, questions)) / len(questions),
+        probabilities=[p.tolist() for p in final],
+    )
+
+
+def _result(questions: Sequence[Question], predictions: list[int], **fields: Any) -> MultipleChoiceResult:
+    """Accuracy overall, per subject and per category, and the random baseline, of ``predictions``."""
     hits = [pred == q.answer for pred, q in zip(predictions, questions)]
     by_subject: dict[str, list[bool]] = {}
     by_category: dict[str, list[bool]] = {}
@@ -350,15 +414,72 @@ def evaluate_multiple_choice(
         if q.category:
             by_category.setdefault(q.category, []).append(hit)
     n = len(questions)
+    accuracy = sum(hits) / n
+    fields.setdefault("accuracy_uncalibrated", accuracy)
     return MultipleChoiceResult(
-        accuracy=sum(hits) / n,
+        accuracy=accuracy,
         random_baseline=sum(1 / len(q.choices) for q in questions) / n,
         n=n,
-        shots=shots,
-        calibrated=calibrate_bias,
-        accuracy_uncalibrated=sum(r == q.answer for r, q in zip(raw, questions)) / n,
         per_subject={s: sum(h) / len(h) for s, h in sorted(by_subject.items())},
         per_category={c: sum(h) / len(h) for c, h in sorted(by_category.items())},
         predictions=predictions,
-        probabilities=[p.tolist() for p in final],
+        **fields,
+    )
+
+
+def evaluate_multiple_choice_cot(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[Question],
+    *,
+    shots: int = 5,
+    shot_pool: Sequence[Question] | None = None,
+    template: str = "mmlu",
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+) -> MultipleChoiceResult:
+    """Chain-of-thought few-shot accuracy: each question follows ``shots`` worked examples (their
+    ``explanation``, then the conclusion naming the letter), the model continues greedily from
+    the template's lead ("Let's think step by step." / "让我们一步一步思考，"), and the letter is
+    read from its conclusion ("So the answer is B." / "所以答案是B。"), before any next question.
+    An answer that names no option counts as wrong and in ``unparsed``.
+
+    Raises:
+        DataError: an example without an explanation (C-Eval's dev split has them; MMLU has none).
+    """
+    from alignlab.models.generation import left_pad
+
+    style = template_named(template)
+    if not questions:
+        raise DataError("multiple choice: no questions")
+    pool = list(shot_pool) if shot_pool is not None else list(questions)
+    examples = [select_shots(pool, q, shots) for q in questions]
+    missing = next((s for ex in examples for s in ex if not s.explanation), None)
+    if missing is not None:
+        raise DataError(
+            f"multiple choice --cot: the example {missing.question[:60]!r} has no 'explanation'; chain-of-thought "
+            "examples need worked solutions (C-Eval's dev files have them in the explanation column)"
+        )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    contexts = [tokenizer(cot_prompt(q, ex, style)).input_ids for q, ex in zip(questions, examples)]
+    replies: list[str] = []
+    for start in range(0, len(contexts), batch_size):
+        ids, mask = left_pad(contexts[start : start + batch_size], tokenizer.pad_token_id)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        replies.extend(tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True))
+    if was_training:
+        model.train()
+    read = [read_cot_answer(r, style, len(q.choices)) for r, q in zip(replies, questions)]
+    predictions = [-1 if p is None else p for p in read]
+    return _result(
+        questions, predictions, shots=shots, calibrated=False, cot=True, unparsed=sum(p is None for p in read)
     )

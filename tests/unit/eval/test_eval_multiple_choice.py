@@ -158,7 +158,7 @@ def test_c_eval_native_rows_load_from_jsonl_and_csv_with_the_subject_from_the_fi
     row = {"id": 0, "question": "1+1=?", "A": "1", "B": "2", "C": "3", "D": "4", "answer": "B"}
     (tmp_path / "q.jsonl").write_text(json.dumps({**row, "subject": "math"}, ensure_ascii=False) + "\n")
     (tmp_path / "computer_network_val.csv").write_text(
-        "id,question,A,B,C,D,answer,explanation\n0,TCP是哪一层协议？,物理层,数据链路层,网络层,传输层,D,\n",
+        "id,question,A,B,C,D,answer,explanation\n0,TCP是哪一层协议？,物理层,数据链路层,网络层,传输层,D,TCP 在传输层。\n",
         encoding="utf-8",
     )
     (tmp_path / "map.json").write_text(
@@ -169,6 +169,11 @@ def test_c_eval_native_rows_load_from_jsonl_and_csv_with_the_subject_from_the_fi
     assert (jsonl.choices, jsonl.answer, jsonl.subject) == (("1", "2", "3", "4"), 1, "math")
     mapping = load_subject_mapping(tmp_path / "map.json")
     [csv_q] = load_questions(tmp_path / "computer_network_val.csv", mapping=mapping, chinese_names=True)
+    assert (
+        load_questions(tmp_path / "computer_network_val.csv", mapping=mapping)[0].subject_name
+        == "Computer Network"
+    )
+    assert csv_q.explanation == "TCP 在传输层。"  # kept through the mapping, for --cot examples
     assert (csv_q.subject, csv_q.category, csv_q.subject_name, csv_q.answer) == (
         "computer_network",
         "STEM",
@@ -209,3 +214,67 @@ def test_accuracy_per_category_beside_per_subject(tok):
     assert result.to_metrics()["mc_per_category"] == {"Humanities": 1.0, "STEM": 0.5}
     with pytest.raises(Exception, match="template"):
         evaluate_multiple_choice(RiggedLM(tok, logits_for), tok, questions, shots=0, template="gsm8k")
+
+
+# ---- chain-of-thought few-shot (issue 18 §4) --------------------------------------------------
+
+
+class CannedGenerator:
+    """Answers each prompt with the canned reasoning for the question it ends with."""
+
+    training = False
+
+    def __init__(self, tok, replies):
+        self.tok, self.replies, self.prompts = tok, replies, []
+
+    def parameters(self):
+        return iter([torch.zeros(1)])
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        rows = []
+        for i in range(input_ids.shape[0]):
+            text = self.tok.decode(input_ids[i][attention_mask[i].bool()], skip_special_tokens=True)
+            self.prompts.append(text)
+            asked = text.rsplit("\n\n", 1)[-1].split("\n", 1)[0]
+            new = self.tok(self.replies[asked], add_special_tokens=False).input_ids
+            rows.append(torch.cat([input_ids[i], torch.tensor(new)]))
+        width = max(len(r) for r in rows)
+        return torch.stack([torch.nn.functional.pad(r, (0, width - len(r)), value=0) for r in rows])
+
+
+def test_chain_of_thought_reads_the_answer_after_the_reasoning(tok):
+    from alignlab.eval.multiple_choice import evaluate_multiple_choice_cot
+
+    dev = [Question("d1", ("w", "x"), 1, "math", explanation="x is right because of y.")]
+    questions = [Question("q0", ("w", "x", "y"), 2, "math"), Question("q1", ("w", "x", "y"), 0, "math")]
+    replies = {
+        # the reasoning mentions A first; the conclusion says C; then the model starts a new question
+        "q0": " A looks tempting, but no. So the answer is C.\n\nq9\nA. w\nAnswer: Let's think step by step. So the answer is B.",
+        "q1": " I cannot tell.",  # names no option: wrong and counted
+    }
+    model = CannedGenerator(tok, replies)
+    result = evaluate_multiple_choice_cot(model, tok, questions, shots=1, shot_pool=dev)
+    assert result.predictions == [2, -1] and result.accuracy == 0.5 and result.unparsed == 1
+    assert result.cot and result.to_metrics()["mc_unparsed"] == 1
+    prompt = model.prompts[0]
+    assert (
+        "d1\nA. w\nB. x\nAnswer: Let's think step by step.\nx is right because of y.\nSo the answer is B.\n\n"
+        in prompt
+    )
+    assert prompt.endswith("q0\nA. w\nB. x\nC. y\nAnswer: Let's think step by step.")
+
+
+def test_chain_of_thought_in_chinese_and_examples_without_explanations():
+    from alignlab.eval.multiple_choice import read_cot_answer
+
+    assert read_cot_answer("因为……所以答案是B。", TEMPLATES["ceval_zh"], 4) == 1
+    assert read_cot_answer("so the answer is E.", TEMPLATES["mmlu"], 4) is None  # not an option
+    from alignlab.eval.multiple_choice import evaluate_multiple_choice_cot
+
+    with pytest.raises(DataError, match="explanation"):
+        evaluate_multiple_choice_cot(
+            None, None, [Question("q", ("a", "b"), 0)], shots=1, shot_pool=[Question("d", ("a", "b"), 1)]
+        )
