@@ -234,12 +234,16 @@ def format_cot_question(q: Question, with_answer: bool, template: Template) -> s
     return f"{head}\n{q.explanation}\n{conclusion}\n\n"
 
 
+def _header(q: Question, template: Template) -> str:
+    """The template's header, naming ``q``'s subject when it has one."""
+    name = q.subject_name or (q.subject.replace("_", " ") if q.subject else None)
+    return template.header.format(subject=name) if name else template.header_without_subject
+
+
 def cot_prompt(q: Question, shots: Sequence[Question], template: Template) -> str:
     """The chain-of-thought prompt: header, ``k`` worked examples, the question up to the lead."""
-    name = q.subject_name or (q.subject.replace("_", " ") if q.subject else None)
-    header = template.header.format(subject=name) if name else template.header_without_subject
     return (
-        header
+        _header(q, template)
         + "".join(format_cot_question(s, True, template) for s in shots)
         + format_cot_question(q, False, template)
     )
@@ -258,10 +262,8 @@ def read_cot_answer(text: str, template: Template, n_choices: int) -> int | None
 
 def few_shot_prompt(q: Question, shots: Sequence[Question], template: Template = TEMPLATES["mmlu"]) -> str:
     """The template's prompt: a header naming the subject, ``k`` solved examples, the question."""
-    name = q.subject_name or (q.subject.replace("_", " ") if q.subject else None)
-    header = template.header.format(subject=name) if name else template.header_without_subject
     return (
-        header
+        _header(q, template)
         + "".join(format_question(s, True, template) for s in shots)
         + format_question(q, False, template)
     )
