@@ -47,7 +47,9 @@ class JudgeSettings:
         criteria: rubric criteria, each scored 1-5; relevance, clarity, completeness and
             accuracy have built-in descriptions, other names are used as they are.
         threshold: keep a record when its mean rubric score (of the chosen response, for pairs)
-            is at least this (1-5).
+            is at least this (1-5). Default 4.5: AlpaGasus (Chen et al. 2023, §3) keeps the
+            Alpaca examples its ChatGPT judge scores at least 4.5 of 5, and LLM-judged cleaning
+            guides keep the top 10-20%; the earlier 3.0 kept nearly everything.
         batch_size: judge prompts per forward pass.
         both_orders: judge pairs in both orders and average (cancels position bias); false asks
             once, chosen first.
@@ -55,15 +57,20 @@ class JudgeSettings:
             one by at least this much (None: no check).
         max_chars: characters of each conversation and response shown to the judge (the
             conversation keeps its end, a response its start).
+        explain: also ask the judge for a one-sentence justification of each record it drops,
+            generated greedily, and store it with the score in the cleaning report.
+        explain_tokens: the justification's budget in new tokens.
     """
 
     model: str = ""
     criteria: list[str] = field(default_factory=lambda: list(RUBRIC))
-    threshold: float = 3.0
+    threshold: float = 4.5
     batch_size: int = 8
     both_orders: bool = True
     min_margin: float | None = None
     max_chars: int = 2000
+    explain: bool = False
+    explain_tokens: int = 48
 
 
 def _head(text: str, n: int) -> str:
@@ -99,6 +106,22 @@ def pair_prompt(
         f"Response 1:\n{_head(first, max_chars)}\n\nResponse 2:\n{_head(second, max_chars)}\n\n"
         f"Criterion: {criterion} ({what}).\n"
         f"Rate Response {position} on this criterion from 1 (very poor) to 5 (excellent). Answer with one digit."
+    )
+
+
+def explain_prompt(
+    context: str, response: str, criteria: Sequence[str], score: float, max_chars: int = 2000
+) -> str:
+    """The prompt asking the judge why ``response`` scored ``score`` on ``criteria``."""
+    named = ", ".join(f"{c} ({RUBRIC.get(c, c)})" for c in criteria)
+    head = (
+        f"Conversation:\n{_tail(context, max_chars)}\n\nResponse:\n{_head(response, max_chars)}"
+        if context
+        else f"Text:\n{_head(response, max_chars)}"
+    )
+    return (
+        f"You are a strict grader.\n\n{head}\n\nCriteria: {named}.\nIt was rated {score:.1f} out of 5. "
+        "In one short sentence, say why."
     )
 
 
@@ -164,6 +187,18 @@ class RubricJudge:
             row["mean"] = sum(row.values()) / per
             out.append(row)
         return out
+
+    def explain(self, items: Sequence[tuple[str, str, float]], max_new_tokens: int = 48) -> list[str]:
+        """A one-sentence justification per ``(context, response, score)``, generated greedily."""
+        from alignlab.models import generate
+
+        if not items:
+            return []
+        prompts = [explain_prompt(c, r, self.criteria, score, self.max_chars) for c, r, score in items]
+        replies = generate(
+            self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=self.batch_size
+        )
+        return [" ".join(r.split()) or "(no justification)" for r in replies]
 
     def score_texts(self, items: Sequence[tuple[str, str]]) -> list[Scores]:
         """Rubric scores of ``(context, response)`` items (context "" to judge a text on its own)."""
@@ -280,7 +315,22 @@ class JudgeFilter:
                     "judge disagrees with the label",
                     f"chosen {chosen['mean']:.2f} vs rejected {rejected['mean']:.2f} (margin < {s.min_margin})",
                 )
+        if s.explain:
+            self._explain(items, verdicts)
         return verdicts
+
+    def _explain(self, items: list[Any], verdicts: list[Verdict]) -> None:
+        """Add the judge's justification to each drop's detail (the report stores it)."""
+        import re
+
+        dropped = [i for i, v in enumerate(verdicts) if v is not None]
+        asked = []
+        for i in dropped:
+            score = re.search(r"(\d+\.\d+)", verdicts[i][1])  # type: ignore[index]  (the score shown)
+            asked.append((items[i][1], items[i][2], float(score.group(1)) if score else 0.0))
+        for i, reason in zip(dropped, self.judge.explain(asked, self.settings.explain_tokens)):
+            reason_kind, detail = verdicts[i]  # type: ignore[misc]
+            verdicts[i] = (reason_kind, f"{detail}; judge says: {reason}")
 
     def _count(self, score: float) -> None:
         self.total += score

@@ -149,3 +149,26 @@ def test_judge_step_with_a_real_tiny_model_loaded_by_reference(tmp_path: Path, t
     )
     kept, report = clean(records, keep_none)
     assert kept == [] and report.steps[0].reasons == {"low judge score": 3}
+
+
+def test_the_default_threshold_is_alpagasus_4_5():
+    assert JudgeSettings().threshold == 4.5
+
+
+def test_a_dropped_record_carries_the_judges_justification_in_the_report(tmp_path: Path, tok):
+    model = tiny_llama(
+        "test",
+        len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    save_model(model, tok, tmp_path / "judge")
+    records = [{"text": f"document number {i}"} for i in range(2)]
+    settings = JudgeSettings(
+        model=str(tmp_path / "judge"), threshold=5.0, criteria=["clarity"], explain=True, explain_tokens=6
+    )
+    kept, report = clean(records, CleaningConfig(steps=["judge"], judge=settings))
+    assert kept == []
+    examples = report.steps[0].examples["low judge score"]
+    assert len(examples) == 2 and all(re.search(r"score \d\.\d\d .*; judge says: \S", e) for e in examples)
