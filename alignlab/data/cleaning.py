@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from alignlab.data.dedup import (
     ExactDedup,
+    ExactDedupSettings,
     NearDedup,
     NearDedupSettings,
     Normalizer,
@@ -336,6 +337,7 @@ class CleaningConfig:
             semantic_dedup, pii, length, script, blocklist, injection, judge, or a step added with
             register_step. Each may appear once.
         normalize: settings of the normalize step.
+        exact_dedup: settings of the exact_dedup step.
         near_dedup: settings of the near_dedup step.
         semantic_dedup: settings of the semantic_dedup step.
         pii: settings of the pii step.
@@ -350,6 +352,7 @@ class CleaningConfig:
 
     steps: list[str] = field(default_factory=lambda: list(DEFAULT_STEPS))
     normalize: NormalizeSettings = field(default_factory=NormalizeSettings)
+    exact_dedup: ExactDedupSettings = field(default_factory=ExactDedupSettings)
     near_dedup: NearDedupSettings = field(default_factory=NearDedupSettings)
     semantic_dedup: SemanticDedupSettings = field(default_factory=SemanticDedupSettings)
     pii: PIISettings = field(default_factory=PIISettings)
@@ -412,7 +415,7 @@ def _builtin_steps() -> None:
 
     for name, builder in {
         StepName.NORMALIZE: normalize,
-        StepName.EXACT_DEDUP: filters(StepName.EXACT_DEDUP, lambda c: ExactDedup().check),
+        StepName.EXACT_DEDUP: filters(StepName.EXACT_DEDUP, lambda c: ExactDedup(c.exact_dedup).check),
         StepName.NEAR_DEDUP: filters(StepName.NEAR_DEDUP, lambda c: NearDedup(c.near_dedup).check),
         StepName.SEMANTIC_DEDUP: semantic,
         StepName.PII: pii,

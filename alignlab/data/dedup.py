@@ -95,14 +95,36 @@ class Normalizer:
 # ---- exact duplicates -------------------------------------------------------------------------
 
 
+@dataclass
+class ExactDedupSettings:
+    """Settings of the exact_dedup step.
+
+    Attributes:
+        ignore_punctuation: also ignore punctuation (Unicode categories P*) and the spaces it
+            leaves, so "Hello, world!" and "hello world" are one text; CJK punctuation (，。！)
+            counts as punctuation too.
+    """
+
+    ignore_punctuation: bool = False
+
+
+def without_punctuation(text: str) -> str:
+    """``text`` with every Unicode punctuation character dropped and whitespace runs as one space."""
+    return " ".join("".join(c for c in text if not unicodedata.category(c).startswith("P")).split())
+
+
 class ExactDedup:
     """Drop texts whose normalised form was seen before (a 16-byte BLAKE2b digest per kept text)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ExactDedupSettings | None = None) -> None:
+        self.settings = settings or ExactDedupSettings()
         self.seen: set[bytes] = set()
 
     def check(self, text: str) -> Verdict:
-        digest = hashlib.blake2b(matching_text(text).encode(), digest_size=16).digest()
+        key = matching_text(text)
+        if self.settings.ignore_punctuation:
+            key = without_punctuation(key)
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
         if digest in self.seen:
             return "exact duplicate", ""
         self.seen.add(digest)
@@ -125,6 +147,13 @@ class NearDedupSettings:
         seed: MinHash seed (the result is deterministic given it).
         verify: confirm each LSH candidate with the exact Jaccard similarity of the shingle sets
             (keeps a sorted hash array per kept text in memory); false compares MinHash estimates.
+        shingle: ``words`` (word n-grams), ``chars`` (character n-grams, spaces removed) or
+            ``auto``: characters for a text mostly in a script written without spaces (Chinese,
+            Japanese, Thai, Lao, Khmer, Myanmar, Tibetan), where a whole document is one "word"
+            and a one-character edit would change its only shingle; words otherwise.
+        char_ngram: characters per character shingle. 5 is chosen here, between the 3- to
+            5-grams commonly used for character-level near-dedup of Chinese text; shorter
+            n-grams make unrelated texts share more shingles.
     """
 
     threshold: float = 0.8
@@ -132,12 +161,18 @@ class NearDedupSettings:
     ngram: int = 3
     seed: int = 1
     verify: bool = True
+    shingle: Literal["auto", "words", "chars"] = "auto"
+    char_ngram: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"near_dedup.threshold must be in (0, 1], got {self.threshold}")
         if self.num_perm < 16 or self.ngram < 1:
             raise ConfigError("near_dedup: num_perm must be >= 16 and ngram >= 1")
+        if self.shingle not in ("auto", "words", "chars"):
+            raise ConfigError(f"near_dedup.shingle must be auto, words or chars, got {self.shingle!r}")
+        if self.char_ngram < 1:
+            raise ConfigError(f"near_dedup.char_ngram must be >= 1, got {self.char_ngram}")
 
 
 try:  # datasets depends on xxhash; fall back to BLAKE2b where it is missing
@@ -148,13 +183,43 @@ except ImportError:  # pragma: no cover
         return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little")
 
 
-def shingles(text: str, ngram: int = 3) -> np.ndarray:
-    """Sorted unique 32-bit hashes of the word n-grams of the normalised text, shape (n,)."""
-    words = matching_text(text).split()
-    if len(words) <= ngram:
-        grams = [" ".join(words)] if words else []
+# Scripts written without spaces between words: CJK ideographs (and their extensions and
+# compatibility forms), kana, Hangul is spaced and not listed; Thai, Lao, Tibetan, Myanmar, Khmer.
+_SPACELESS = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x0F00, 0x0FFF),  # Tibetan
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0x20000, 0x3134F),  # CJK extensions B-G
+)
+
+
+def is_spaceless(text: str, share: float = 0.3) -> bool:
+    """Whether at least ``share`` of the letters of ``text`` are in a script written without spaces."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return False
+    spaceless = sum(any(lo <= ord(c) <= hi for lo, hi in _SPACELESS) for c in letters)
+    return spaceless >= share * len(letters)
+
+
+def shingles(text: str, ngram: int = 3, *, mode: str = "words", char_ngram: int = 5) -> np.ndarray:
+    """Sorted unique 32-bit hashes of the n-grams of the normalised text, shape (n,): word
+    n-grams, or character n-grams (whitespace removed) with ``mode="chars"``, or whichever
+    :func:`is_spaceless` says with ``mode="auto"``."""
+    normal = matching_text(text)
+    if mode == "chars" or (mode == "auto" and is_spaceless(normal)):
+        units, n, join = list("".join(normal.split())), char_ngram, "".join
     else:
-        grams = list(map(" ".join, zip(*(words[i:] for i in range(ngram)))))
+        units, n, join = normal.split(), ngram, " ".join
+    if len(units) <= n:
+        grams = [join(units)] if units else []
+    else:
+        grams = list(map(join, zip(*(units[i:] for i in range(n)))))
     hashes = [_hash32(g.encode()) for g in grams]
     return np.unique(np.array(hashes, dtype=np.uint32))
 
@@ -206,7 +271,9 @@ class NearDedup:
         return m
 
     def check(self, text: str) -> Verdict:
-        grams = shingles(text, self.settings.ngram)
+        grams = shingles(
+            text, self.settings.ngram, mode=self.settings.shingle, char_ngram=self.settings.char_ngram
+        )
         if not grams.size:
             return None
         sketch = self._sketch(grams)
