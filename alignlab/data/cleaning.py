@@ -56,7 +56,9 @@ EXAMPLE_CHARS = 160
 
 # ---- the text of a record -----------------------------------------------------------------------
 
-NOT_TEXT = frozenset({"role", "name", "id", "tool_call_id", "type", "tool_calls", "tools", "margin"})
+NOT_TEXT = frozenset(
+    {"role", "name", "id", "tool_call_id", "type", "tool_calls", "tools", "margin", "rating"}
+)
 
 
 def record_texts(record: Any) -> list[str]:

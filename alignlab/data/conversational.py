@@ -10,10 +10,15 @@ Each format has a ``parse_*(record, where) -> Conversation`` and a ``write_*(con
 - sharegpt: ``{"conversations": [{"from", "value"}], "system"?, "tools"?}`` with ``from`` in
   human / gpt / system / function_call / observation (LLaMA-Factory's convention).
 - prompt_completion: ``{"prompt": str | messages, "completion": str | messages}``.
+- dolly: ``{"instruction", "context", "response", "category"?}`` (databricks-dolly-15k); the user
+  turn is ``instruction + "\n\n" + context`` when context is not empty, as for alpaca.
+- ultrachat: ``{"data": [user, assistant, user, assistant, ...]}`` (UltraChat's released files;
+  ``id`` and other keys are ignored).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from typing import Any
 
@@ -24,6 +29,7 @@ from alignlab.data.messages import (
     parse_messages,
     parse_tool_calls,
     parse_tools,
+    warn_loose,
 )
 from alignlab.data.validation import (
     DropReason,
@@ -95,6 +101,62 @@ def write_alpaca(conversation: Conversation, where: str) -> dict[str, Any]:
     return {**out, **record}
 
 
+# ---- dolly ------------------------------------------------------------------------------------
+
+
+def parse_dolly(record: dict[str, Any], where: str) -> Conversation:
+    instruction = expect_str(require(record, "instruction", where), "instruction", where, allow_empty=False)
+    context = expect_str(record.get("context") or "", "context", where)
+    response = expect_str(
+        require(record, "response", where), "response", where, allow_empty=False, response=True
+    )
+    return Conversation(
+        [
+            {"role": "user", "content": _alpaca_user(instruction, context)},
+            {"role": "assistant", "content": response},
+        ]
+    )
+
+
+def write_dolly(conversation: Conversation, where: str) -> dict[str, Any]:
+    roles = [m["role"] for m in conversation.messages]
+    if roles != ["user", "assistant"] or conversation.tools or conversation.messages[1].get("tool_calls"):
+        raise _cannot_hold("dolly", "more than one plain user turn and its answer", where)
+    user, assistant = conversation.messages
+    return {"instruction": user["content"], "context": "", "response": assistant["content"]}
+
+
+# ---- ultrachat --------------------------------------------------------------------------------
+
+
+def parse_ultrachat(record: dict[str, Any], where: str) -> Conversation:
+    turns = expect_list(require(record, "data", where), "data", where, what="a list of turns (strings)")
+    if len(turns) % 2:
+        raise RecordError(
+            where,
+            DropReason.BAD_CONVERSATION,
+            f"field 'data': {len(turns)} turns; UltraChat alternates user and assistant, so the count must be even",
+        )
+    roles = ("user", "assistant")
+    return Conversation(
+        [
+            {"role": roles[i % 2], "content": expect_str(t, f"data[{i}]", where, allow_empty=False)}
+            for i, t in enumerate(turns)
+        ]
+    )
+
+
+def write_ultrachat(conversation: Conversation, where: str) -> dict[str, Any]:
+    messages = conversation.messages
+    roles = [m["role"] for m in messages]
+    plain = not conversation.tools and not any(m.get("tool_calls") for m in messages)
+    if not plain or not messages or roles != ["user", "assistant"] * (len(messages) // 2) or len(roles) % 2:
+        raise _cannot_hold(
+            "ultrachat", "this conversation (it needs alternating user / assistant turns)", where
+        )
+    return {"data": [m["content"] for m in messages]}
+
+
 # ---- sharegpt ---------------------------------------------------------------------------------
 
 SHAREGPT_ROLES = {
@@ -110,22 +172,76 @@ SHAREGPT_ROLES = {
 _SHAREGPT_NAMES = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
 
 
-def _function_calls(value: str, name: str, where: str) -> list[dict[str, Any]]:
+def _function_calls(value: str, name: str, where: str, tools: list[Any] | None) -> list[dict[str, Any]]:
+    """A ``function_call`` turn's calls: JSON (``{"name", "arguments"}`` or a list), else the loose
+    Python-call form many dumps write (``map_search('Paris')``), converted with a warning."""
     try:
         calls = json.loads(value)
     except json.JSONDecodeError as err:
-        raise RecordError(
+        loose = _python_calls(value, tools)
+        if loose is None:
+            raise RecordError(
+                where,
+                DropReason.WRONG_TYPE,
+                f"field '{name}': a function call must be JSON ({err.msg}, column {err.colno}) "
+                "or a Python-style call such as map_search('Paris')",
+            ) from None
+        warn_loose(
+            f"{name.split('[')[0]}:python-call",
             where,
-            DropReason.WRONG_TYPE,
-            f"field '{name}': a function call must be JSON: {err.msg} (column {err.colno})",
-        ) from None
+            f"field '{name}' is a Python-style call ({value.strip()[:60]}), not JSON; converted to "
+            f"{json.dumps(loose[0], ensure_ascii=False)[:120]}",
+        )
+        calls = loose
     return parse_tool_calls(calls, name, where)
+
+
+def _parameter_names(tools: list[Any] | None, function: str) -> list[str]:
+    """The parameter names of ``function`` in the record's tool schemas, in their written order."""
+    for tool in tools or []:
+        schema = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(schema, dict) and schema.get("name") == function:
+            properties = (schema.get("parameters") or {}).get("properties")
+            return list(properties) if isinstance(properties, dict) else []
+    return []
+
+
+def _python_calls(value: str, tools: list[Any] | None) -> list[dict[str, Any]] | None:
+    """``f(1, x='a')`` (or several, comma-separated or in a list) as flat ``{"name", "arguments"}``
+    calls; None when ``value`` is not such a call with literal arguments.
+
+    Read with :mod:`ast` (never evaluated). Positional arguments take the names the record's
+    tool schema gives the function's parameters, in order; without a schema they are named
+    ``arg1``, ``arg2``, ...
+    """
+    try:
+        tree = ast.parse(value.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    nodes = tree.elts if isinstance(tree, (ast.Tuple, ast.List)) else [tree]
+    calls = []
+    for node in nodes:
+        if not isinstance(node, ast.Call):
+            return None
+        try:
+            function = ast.unparse(node.func)
+            positional = [ast.literal_eval(a) for a in node.args]
+            keywords = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+        except ValueError:  # not a literal: a variable, an expression
+            return None
+        if len(keywords) != len(node.keywords) or not function.replace(".", "_").isidentifier():
+            return None
+        names = _parameter_names(tools, function)
+        names += [f"arg{i + 1}" for i in range(len(names), len(positional))]
+        calls.append({"name": function, "arguments": {**dict(zip(names, positional)), **keywords}})
+    return calls or None
 
 
 def parse_sharegpt(record: dict[str, Any], where: str) -> Conversation:
     turns = expect_list(
         require(record, "conversations", where), "conversations", where, what="a list of turns"
     )
+    tools = parse_tools(record.get("tools"), "tools", where)
     messages: list[dict[str, Any]] = []
     if record.get("system"):
         messages.append({"role": "system", "content": expect_str(record["system"], "system", where)})
@@ -150,7 +266,7 @@ def parse_sharegpt(record: dict[str, Any], where: str) -> Conversation:
             raise missing(where, f"{name}.value")
         value = expect_str(value, f"{name}.value", where)
         if speaker == "function_call":
-            calls = _function_calls(value, f"{name}.value", where)
+            calls = _function_calls(value, f"{name}.value", where, tools)
             previous = messages[-1] if messages else None
             if previous and previous["role"] == "assistant" and "tool_calls" not in previous:
                 previous["tool_calls"] = calls  # "gpt" text then "function_call": one assistant turn
@@ -158,7 +274,7 @@ def parse_sharegpt(record: dict[str, Any], where: str) -> Conversation:
                 messages.append({"role": "assistant", "content": "", "tool_calls": calls})
             continue
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
-    return Conversation(messages, parse_tools(record.get("tools"), "tools", where))
+    return Conversation(messages, tools)
 
 
 def _function_call_value(calls: list[dict[str, Any]]) -> str:

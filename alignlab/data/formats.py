@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.data import conversational, feedback
+from alignlab.data import conversational, feedback, oasst
 from alignlab.data.kinds import (
     KINDS_OF,
     Conversation,
@@ -24,6 +24,7 @@ from alignlab.data.kinds import (
     Ranking,
     RecordKind,
     Text,
+    Thread,
     to_kind,
 )
 from alignlab.data.messages import as_prompt
@@ -46,6 +47,10 @@ class DataFormat(StrEnum):
     KWAY = "kway"
     PROMPT = "prompt"
     TEXT = "text"
+    DOLLY = "dolly"
+    ULTRACHAT = "ultrachat"
+    OASST = "oasst"
+    OASST_MESSAGE = "oasst_message"
 
 
 @dataclass(frozen=True)
@@ -134,12 +139,27 @@ def _builtin_formats() -> None:
             cv.write_sharegpt,
         ),
         FormatSpec(
+            F.DOLLY,
+            "instruction, context, response[, category]",
+            _has("instruction", "response"),
+            cv.parse_dolly,
+            Conversation,
+            cv.write_dolly,
+        ),
+        FormatSpec(
             F.ALPACA,
             "instruction, input, output[, system, history]",
             _has("instruction"),
             cv.parse_alpaca,
             Conversation,
             cv.write_alpaca,
+        ),
+        FormatSpec(
+            F.OASST,
+            "message_tree_id, prompt {role, text, replies [{role, text, rank, replies}]}",
+            _has("message_tree_id", "prompt"),
+            oasst.parse_tree,
+            Thread,
         ),
         FormatSpec(
             F.RANKED,
@@ -178,6 +198,21 @@ def _builtin_formats() -> None:
             cv.write_prompt_completion,
         ),
         FormatSpec(F.PROMPT, "prompt", _has("prompt"), _parse_prompt, PromptOnly),
+        FormatSpec(
+            F.ULTRACHAT,
+            "data [user, assistant, ...]",
+            _has("data"),
+            cv.parse_ultrachat,
+            Conversation,
+            cv.write_ultrachat,
+        ),
+        FormatSpec(
+            F.OASST_MESSAGE,
+            "message_id, parent_id, role, text (rows of OASST's flat table, grouped into trees)",
+            _has("message_id", "role", "text"),
+            oasst.parse_message_row,
+            Thread,
+        ),
         FormatSpec(F.TEXT, "text", _has("text"), _parse_text, Text),
     ):
         register_format(spec)

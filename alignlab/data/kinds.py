@@ -12,9 +12,11 @@ Pair          yes*   yes         yes (2)  yes     -
 Ranking       yes*   yes (pairs) yes      yes     -
 PromptOnly    -      -           -        yes     -
 Text          -      -           -        -       yes
+Thread        yes**  yes (pairs) yes (*n) yes     yes
 ============  =====  ==========  =======  ======  ====
 
 (*) the prompt followed by the chosen / best response.
+(**) the best-ranked path; (*n) one ranking per turn whose replies were ranked.
 """
 
 from __future__ import annotations
@@ -88,7 +90,16 @@ class Text:
     text: str
 
 
-Parsed = Conversation | Pair | Ranking | PromptOnly | Text
+@dataclass
+class Thread:
+    """A conversation tree with ranked replies (OASST): its best-ranked path as a conversation,
+    and one :class:`Ranking` per turn whose replies were ranked (the path up to it as prompt)."""
+
+    best: Messages
+    rankings: list[Ranking]
+
+
+Parsed = Conversation | Pair | Ranking | PromptOnly | Text | Thread
 
 KINDS_OF: dict[type, frozenset[RecordKind]] = {
     Conversation: frozenset({RecordKind.SFT, RecordKind.PROMPT, RecordKind.TEXT}),
@@ -96,6 +107,7 @@ KINDS_OF: dict[type, frozenset[RecordKind]] = {
     Ranking: frozenset({RecordKind.SFT, RecordKind.PREFERENCE, RecordKind.RANKING, RecordKind.PROMPT}),
     PromptOnly: frozenset({RecordKind.PROMPT}),
     Text: frozenset({RecordKind.TEXT}),
+    Thread: frozenset(RecordKind),
 }
 
 
@@ -154,6 +166,24 @@ def to_kind(parsed: Parsed, kind: RecordKind, where: str, *, fmt: str = "") -> l
         raise RecordError(
             where, DropReason.WRONG_KIND, f"{what} cannot be used as '{kind}' data (it gives: {gives})"
         )
+    if isinstance(parsed, Thread):
+        if kind in (RecordKind.SFT, RecordKind.PROMPT, RecordKind.TEXT):
+            return to_kind(Conversation(parsed.best), kind, where, fmt=fmt)
+        if not parsed.rankings:
+            raise RecordError(
+                where,
+                DropReason.WRONG_KIND,
+                f"this conversation tree has no ranked replies to give '{kind}' data",
+            )
+        out = []
+        for ranking in parsed.rankings:
+            try:
+                out.extend(to_kind(ranking, kind, where, fmt=fmt))
+            except SkippedRecord:  # one turn's replies all alike; the tree's other turns still count
+                continue
+        if not out:
+            raise _identical(where)
+        return out
     if isinstance(parsed, Conversation):
         if kind == RecordKind.SFT:
             check_sft(parsed.messages, "messages", where)

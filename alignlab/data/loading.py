@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.data import oasst
 from alignlab.data.formats import AUTO, FORMATS, canonical_records, detect_format, format_spec, record_kind
 from alignlab.data.kinds import RecordKind
 from alignlab.data.sources import ARTIFACT_DATA_FILE, Row, open_source
@@ -183,8 +184,11 @@ def canonicalize(
     report = LoadReport(source=source)
     records: list[dict[str, Any]] = []
     formats: set[str] = set()
-    for number, row in enumerate(rows, start=1):
-        where, value = row if isinstance(row, tuple) else (f"{source}:record {number}", row)
+    numbered = (
+        row if isinstance(row, tuple) else (f"{source}:record {number}", row)
+        for number, row in enumerate(rows, start=1)
+    )
+    for where, value in oasst.assemble(numbered):
         read = canonicalize_row(
             where, value, kind, format, strict, report, "load with strict=False to drop bad records"
         )

@@ -7,6 +7,7 @@ with, where present, ``tool_calls`` (assistant), ``tool_call_id`` and ``name`` (
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -29,6 +30,19 @@ _ROLE_HINTS = {
     "function": "tool",
 }
 MESSAGE_LIST = "a list of messages"
+logger = logging.getLogger("alignlab.data")
+_warned: set[str] = set()
+
+
+def warn_loose(key: str, where: str, message: str) -> None:
+    """Log a warning about a loose form that was converted, once per ``key`` and process.
+
+    A dump written one way is usually written that way on every line; one warning (naming the
+    first record) says so without flooding the log.
+    """
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning("%s: %s (later records converted the same way are not reported)", where, message)
 
 
 def parse_tool_calls(value: Any, name: str, where: str) -> list[dict[str, Any]]:
@@ -125,19 +139,38 @@ def parse_messages(value: Any, name: str, where: str) -> list[dict[str, Any]]:
     return [parse_message(m, f"{name}[{i}]", where) for i, m in enumerate(items)]
 
 
+_TOOL_NAMES = re.compile(r"\s*[A-Za-z_][\w.-]*(\s*[,;\s]\s*[A-Za-z_][\w.-]*)*\s*")
+
+
 def parse_tools(value: Any, name: str, where: str) -> list[Any] | None:
-    """Tool schemas: a list, or a JSON string holding one (ShareGPT); empty -> None."""
+    """Tool schemas: a list, or a JSON string holding one (ShareGPT); empty -> None.
+
+    Many ShareGPT dumps write only the tools' names (``"tools": "map_search"``, or several
+    separated by commas): that loose form becomes ``[{"type": "function", "function": {"name": ...}}]``
+    with a logged warning, since a schema without parameters says less than the model may need.
+    """
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise RecordError(
+            if not _TOOL_NAMES.fullmatch(value):
+                raise RecordError(
+                    where,
+                    DropReason.WRONG_TYPE,
+                    f"field '{name}': not valid JSON ({err.msg}, column {err.colno}), "
+                    "nor a list of tool names like 'map_search, get_time'",
+                ) from None
+            names = re.split(r"[,;\s]+", value.strip())
+            warn_loose(
+                f"{name}:names",
                 where,
-                DropReason.WRONG_TYPE,
-                f"field '{name}': not valid JSON: {err.msg} (column {err.colno})",
-            ) from None
+                f"field '{name}' names tools ({', '.join(names)}) instead of giving JSON schemas; "
+                "read as schemas without parameters",
+            )
+            empty = {"type": "object", "properties": {}}
+            value = [{"type": "function", "function": {"name": n, "parameters": empty}} for n in names]
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
@@ -274,6 +307,7 @@ __all__ = [
     "parse_messages",
     "parse_tool_calls",
     "parse_tools",
+    "warn_loose",
     "parse_transcript",
     "prompt_of",
     "render_transcript",

@@ -8,6 +8,7 @@ load can count it and go on.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from alignlab.data import oasst
 from alignlab.data.kinds import RecordKind
 from alignlab.data.validation import DropReason, RecordError
 from alignlab.errors import AlignlabError, DataError, ReferenceNotFound
@@ -346,10 +348,17 @@ def _from_registry(source: str, registry: Any, split: str) -> Opened | str:
 def open_source(source: str, *, kind: RecordKind, registry: Any = None, split: str = "train") -> Opened:
     """Open ``source``: testbed, local file or folder, registry reference, else a hub dataset name.
 
+    OASST's flat message rows come out grouped into conversation trees (:func:`alignlab.data.oasst.assemble`).
+
     Raises:
         DataError: a missing file (naming the path), an unreadable file, or a name that is none
             of the above.
     """
+    opened = _open(source, kind=kind, registry=registry, split=split)
+    return dataclasses.replace(opened, rows=oasst.assemble(opened.rows))
+
+
+def _open(source: str, *, kind: RecordKind, registry: Any, split: str) -> Opened:
     if source.startswith(TESTBED_PREFIX):
         return Opened(read_testbed(source, kind), None)
     path = Path(source).expanduser()

@@ -58,6 +58,13 @@ DETECTION = [
     ({"prompt": "a", "responses": ["b", "c"]}, DataFormat.KWAY),
     ({"prompt": "a"}, DataFormat.PROMPT),
     ({"text": "a"}, DataFormat.TEXT),
+    ({"instruction": "a", "context": "", "response": "b", "category": "qa"}, DataFormat.DOLLY),
+    ({"id": 7, "data": ["a", "b"]}, DataFormat.ULTRACHAT),
+    (
+        {"message_tree_id": "t", "prompt": {"message_id": "m", "role": "prompter", "text": "a"}},
+        DataFormat.OASST,
+    ),
+    ({"message_id": "m", "parent_id": None, "role": "prompter", "text": "a"}, DataFormat.OASST_MESSAGE),
 ]
 
 
@@ -483,6 +490,8 @@ HOLDS = {
     DataFormat.SHAREGPT: {"single", "system_multi", "tools"},
     DataFormat.ALPACA: {"single", "system_multi"},
     DataFormat.PROMPT_COMPLETION: {"single", "system_multi", "tools"},
+    DataFormat.DOLLY: {"single"},
+    DataFormat.ULTRACHAT: {"single"},
 }
 
 
