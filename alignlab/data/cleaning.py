@@ -48,6 +48,7 @@ from alignlab.data.filters import (
 from alignlab.data.judge import JudgeFilter, JudgeSettings
 from alignlab.data.pii import PIIScrubber, PIISettings
 from alignlab.data.validation import StrEnum
+from alignlab.data.web import HtmlSettings, HtmlStripper, RepetitionFilter, RepetitionSettings
 from alignlab.errors import ConfigError, did_you_mean
 
 Record = dict[str, Any]
@@ -107,6 +108,7 @@ class StepName(StrEnum):
     """The built-in cleaning steps."""
 
     NORMALIZE = "normalize"
+    STRIP_HTML = "strip_html"
     EXACT_DEDUP = "exact_dedup"
     NEAR_DEDUP = "near_dedup"
     SEMANTIC_DEDUP = "semantic_dedup"
@@ -115,6 +117,7 @@ class StepName(StrEnum):
     SCRIPT = "script"
     BLOCKLIST = "blocklist"
     INJECTION = "injection"
+    REPETITION = "repetition"
     JUDGE = "judge"
 
 
@@ -335,10 +338,12 @@ class CleaningConfig:
     """Which cleaning steps run, in which order, and the settings of each.
 
     Attributes:
-        steps: the steps, in the order they run: normalize, exact_dedup, near_dedup,
-            semantic_dedup, pii, length, script, blocklist, injection, judge, or a step added with
-            register_step. Each may appear once.
+        steps: the steps, in the order they run: normalize, strip_html, exact_dedup, near_dedup,
+            semantic_dedup, pii, length, script, blocklist, injection, repetition, judge, or a step
+            added with register_step. Each may appear once. For web text put strip_html before the
+            dedup steps and leave markup out of injection.kinds.
         normalize: settings of the normalize step.
+        strip_html: settings of the strip_html step.
         exact_dedup: settings of the exact_dedup step.
         near_dedup: settings of the near_dedup step.
         semantic_dedup: settings of the semantic_dedup step.
@@ -347,6 +352,7 @@ class CleaningConfig:
         script: settings of the script step.
         blocklist: settings of the blocklist step.
         injection: settings of the injection step.
+        repetition: settings of the repetition step.
         judge: settings of the judge step.
         examples: examples kept per reason in each step's report.
         options: settings of steps added with register_step, by step name (read by their builders).
@@ -354,6 +360,7 @@ class CleaningConfig:
 
     steps: list[str] = field(default_factory=lambda: list(DEFAULT_STEPS))
     normalize: NormalizeSettings = field(default_factory=NormalizeSettings)
+    strip_html: HtmlSettings = field(default_factory=HtmlSettings)
     exact_dedup: ExactDedupSettings = field(default_factory=ExactDedupSettings)
     near_dedup: NearDedupSettings = field(default_factory=NearDedupSettings)
     semantic_dedup: SemanticDedupSettings = field(default_factory=SemanticDedupSettings)
@@ -362,6 +369,7 @@ class CleaningConfig:
     script: ScriptSettings = field(default_factory=ScriptSettings)
     blocklist: BlocklistSettings = field(default_factory=BlocklistSettings)
     injection: InjectionSettings = field(default_factory=InjectionSettings)
+    repetition: RepetitionSettings = field(default_factory=RepetitionSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     examples: int = 3
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -415,8 +423,12 @@ def _builtin_steps() -> None:
         scrub = PIIScrubber(config.pii)
         return MapStep(StepName.PII, scrub, show_before=False, max_examples=config.examples)
 
+    def strip_html(config: CleaningConfig, registry: Any) -> CleaningStep:
+        return MapStep(StepName.STRIP_HTML, HtmlStripper(config.strip_html), max_examples=config.examples)
+
     for name, builder in {
         StepName.NORMALIZE: normalize,
+        StepName.STRIP_HTML: strip_html,
         StepName.EXACT_DEDUP: filters(StepName.EXACT_DEDUP, lambda c: ExactDedup(c.exact_dedup).check),
         StepName.NEAR_DEDUP: filters(StepName.NEAR_DEDUP, lambda c: NearDedup(c.near_dedup).check),
         StepName.SEMANTIC_DEDUP: semantic,
@@ -425,6 +437,7 @@ def _builtin_steps() -> None:
         StepName.SCRIPT: filters(StepName.SCRIPT, lambda c: ScriptFilter(c.script)),
         StepName.BLOCKLIST: filters(StepName.BLOCKLIST, lambda c: BlocklistFilter(c.blocklist)),
         StepName.INJECTION: filters(StepName.INJECTION, lambda c: InjectionFilter(c.injection)),
+        StepName.REPETITION: filters(StepName.REPETITION, lambda c: RepetitionFilter(c.repetition)),
         StepName.JUDGE: judge,
     }.items():
         register_step(name.value, builder)
