@@ -13,6 +13,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 import torch
@@ -361,31 +362,150 @@ def score_chats(
     return list(scorer(texts, list(responses), **extra) if takes else scorer(texts, list(responses)))
 
 
+class CombineRule(StrEnum):
+    """How several rewards become one score."""
+
+    SUM = "sum"  # the weighted sum (reward_weights)
+    SAFETY_FIRST = "safety_first"  # LLaMA-2's piecewise rule (SafetyFirstSettings)
+
+
+@dataclass
+class SafetyFirstSettings:
+    """LLaMA-2's rule for a helpfulness and a safety reward model (Touvron et al. 2023,
+    "Llama 2", §3.2.2, eq. 4): the safety score where the prompt is a safety prompt or the
+    response looks unsafe (its safety score, through a sigmoid, is below ``threshold``), the
+    helpfulness score everywhere else.
+
+    Attributes:
+        reward: which of the rewards is the safety one, counted from 1 in the order given (the
+            other is helpfulness); LLaMA-2 lists helpfulness first, so 2.
+        threshold: 0.15, LLaMA-2's value, on ``sigmoid(safety score)``: a reward model's raw
+            score is a logit. With ``scale: raw`` it is compared with the score itself (for a
+            reward function that already returns a probability).
+        scale: sigmoid | raw — what ``threshold`` is compared with.
+        prompt_column: a field of the prompt records that is true for safety prompts (LLaMA-2's
+            IS_SAFETY(p)); None = none are marked, the threshold alone decides.
+    """
+
+    reward: int = 2
+    threshold: float = 0.15
+    scale: str = "sigmoid"
+    prompt_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale not in ("sigmoid", "raw"):
+            raise ConfigError(f"safety.scale: {self.scale!r} is not one of sigmoid, raw")
+        if isinstance(self.reward, bool) or not isinstance(self.reward, int) or self.reward < 1:
+            raise ConfigError(
+                f"safety.reward: {self.reward!r} is not a position (1, 2, ...) in the reward list"
+            )
+
+
+def check_combination(
+    names: Sequence[str],
+    weights: Sequence[float] | None,
+    rule: CombineRule | str = CombineRule.SUM,
+    safety: SafetyFirstSettings | None = None,
+) -> CombineRule:
+    """Refuse weights or a rule that do not fit the rewards given, before anything loads."""
+    try:
+        rule = CombineRule(rule)
+    except ValueError:
+        raise ConfigError(
+            f"reward_rule: {rule!r} is not one of {', '.join(r.value for r in CombineRule)}"
+        ) from None
+    listed = ", ".join(map(str, names))
+    if weights is not None and len(weights) != len(names):
+        raise ConfigError(f"reward_weights has {len(weights)} weights for {len(names)} rewards ({listed})")
+    if rule == CombineRule.SAFETY_FIRST:
+        safety = safety or SafetyFirstSettings()
+        if len(names) != 2:
+            raise ConfigError(
+                f"reward_rule=safety_first combines a helpfulness and a safety reward; got "
+                f"{len(names)} reward(s) ({listed})"
+            )
+        if safety.reward > 2:
+            raise ConfigError(f"safety.reward={safety.reward}: there are 2 rewards ({listed})")
+        if weights is not None:
+            raise ConfigError(
+                "reward_weights apply to reward_rule=sum; safety_first picks one score per response"
+            )
+    return rule
+
+
 class CombinedScorer:
-    """Several scorers as one: the weighted sum of their scores (each reads what it sees). The
-    last call's mean score of each part stays in ``last_means``, for the step's log.
+    """Several scorers as one (each reads what it sees): the weighted sum of their scores, or
+    LLaMA-2's safety-first rule (:class:`SafetyFirstSettings`).
+
+    The last call's mean score of each part stays in ``last_means`` (for the step's log; with
+    safety_first also ``safety_share``, the share of responses scored by the safety reward), and
+    the means over every call since :meth:`reset` in :meth:`means`.
 
     Args:
         parts: (name, scorer) pairs; ``weights`` one per part (None = all 1).
+        rule: sum | safety_first.
+        safety: the safety-first settings (which part is safety, the threshold).
     """
 
     sees = "chat"
 
-    def __init__(self, parts: Sequence[tuple[str, Scorer]], weights: Sequence[float] | None = None) -> None:
-        if weights is not None and len(weights) != len(parts):
-            raise ConfigError(f"reward_weights has {len(weights)} weights for {len(parts)} rewards")
+    def __init__(
+        self,
+        parts: Sequence[tuple[str, Scorer]],
+        weights: Sequence[float] | None = None,
+        rule: CombineRule | str = CombineRule.SUM,
+        safety: SafetyFirstSettings | None = None,
+    ) -> None:
+        self.rule = check_combination([n for n, _ in parts], weights, rule, safety)
         self.parts = list(parts)
         self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(parts)
+        self.safety = safety or SafetyFirstSettings()
         self.last_means: dict[str, float] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the running means (:meth:`means`) afresh."""
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def means(self) -> dict[str, float]:
+        """The mean of each part's scores (and ``safety_share``) over every call since :meth:`reset`."""
+        return {k: v / max(1, self._count) for k, v in self._sums.items()}
 
     def __call__(self, prompts: list[Any], responses: list[str], **columns: list[Any]) -> list[float]:
-        total = [0.0] * len(responses)
-        self.last_means = {}
-        for (name, scorer), weight in zip(self.parts, self.weights):
-            scores = score_chats(scorer, prompts, responses, columns)
-            self.last_means[name] = sum(scores) / max(1, len(scores))
-            total = [t + weight * x for t, x in zip(total, scores)]
+        scored = [(name, score_chats(scorer, prompts, responses, columns)) for name, scorer in self.parts]
+        if self.rule == CombineRule.SUM:
+            total = [sum(w * s[i] for w, (_, s) in zip(self.weights, scored)) for i in range(len(responses))]
+            used: list[float] | None = None
+        else:
+            total, used = self._safety_first([s for _, s in scored], columns, len(responses))
+        self.last_means = {name: sum(s) / max(1, len(s)) for name, s in scored}
+        if used is not None:
+            self.last_means["safety_share"] = sum(used) / max(1, len(used))
+        n = len(responses)
+        for key, mean in self.last_means.items():
+            self._sums[key] = self._sums.get(key, 0.0) + mean * n
+        self._count += n
         return total
+
+    def _safety_first(
+        self, scores: list[list[float]], columns: Mapping[str, list[Any]], n: int
+    ) -> tuple[list[float], list[float]]:
+        s = self.safety
+        safety, helpful = scores[s.reward - 1], scores[2 - s.reward]
+        column = s.prompt_column
+        if column is not None and column not in columns:
+            raise ConfigError(
+                f"safety.prompt_column={column!r}: the prompt records have no such field (they have: "
+                f"{sorted(columns) or 'only prompt'})"
+            )
+        marked = [bool(v) for v in columns[column]] if column is not None else [False] * n
+        seen = torch.tensor(safety, dtype=torch.float64)
+        if s.scale == "sigmoid":
+            seen = torch.sigmoid(seen)
+        unsafe = (seen < s.threshold).tolist()
+        used = [float(m or u) for m, u in zip(marked, unsafe)]
+        return [sa if u else h for sa, h, u in zip(safety, helpful, used)], used
 
 
 # ---- verifiable rewards: (prompts, responses, answer) -> scores -----------------------------------------------------

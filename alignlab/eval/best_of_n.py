@@ -116,6 +116,7 @@ def sample_and_score(
     seed: int,
     desc: str = "sampling",
     engine: str = "hf",
+    columns: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[list[str]], list[list[float]]]:
     """Sample ``k`` responses per prompt and score them (rejection sampling, best-of-N curves).
 
@@ -123,6 +124,8 @@ def sample_and_score(
     ``max(1, batch_size // k)`` prompts. ``engine`` is what samples (``hf`` | ``vllm`` | ``auto``,
     see :func:`alignlab.models.generate`); vLLM samples every prompt in one call (one engine for
     the whole set, row ``j`` of it seeded ``seed + j``), and the scoring then goes batch by batch.
+    ``columns`` (each prompt record's other fields, such as ``answer``) go to the scorer with the
+    prompt's K responses (:func:`alignlab.rewards.score_chats`).
 
     Returns:
         ``(samples, rewards)``, both (P, K): ``samples[p][j]`` is response j to prompt p.
@@ -159,7 +162,11 @@ def sample_and_score(
             responses = generate(
                 model, tokenizer, repeated, **sampling, batch_size=len(repeated), engine=kind
             )
-        scores = score_chats(scorer, repeated, responses)
+        rows = columns[start : start + per_batch] if columns else []
+        by_column = {
+            key: [row.get(key) for row in rows for _ in range(k)] for key in (rows[0] if rows else {})
+        }
+        scores = score_chats(scorer, repeated, responses, by_column)
         for i in range(len(chunk)):
             samples.append(responses[i * k : (i + 1) * k])
             rewards.append(scores[i * k : (i + 1) * k])

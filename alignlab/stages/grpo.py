@@ -39,7 +39,7 @@ from alignlab.distributed.config import DistributedGroup
 from alignlab.errors import ConfigError
 from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.registry import Artifact, Registry
-from alignlab.rewards import RewardInput, resolve_reward
+from alignlab.rewards import CombineRule, SafetyFirstSettings
 from alignlab.rl.group import GroupAdvantage, equal_groups, get_group_advantage, overlong_penalty
 from alignlab.rl.kl import KLEstimator
 from alignlab.rl.losses import ImportanceSampling, LossAggregation
@@ -58,7 +58,9 @@ from alignlab.stages.rl_loop import (
     finish_policy,
     load_policy,
     publish_rl_stage,
-    reward_model_scorer,
+    resolve_rewards,
+    reward_log,
+    rl_scorer,
     rollout_engine,
     run_rl_loop,
     sync_engine,
@@ -161,6 +163,8 @@ class GRPOConfig:
         grpo: the group sampling, advantage and loss (see :class:`GRPOSettings`).
         generation: sampling of responses (PPO's :class:`~alignlab.stages.ppo.GenerationSettings`).
         reward_weights: one weight per reward when ``reward`` lists several (None = all 1).
+        reward_rule: sum | safety_first — how several rewards combine (see docs/stages/ppo.md).
+        safety: LLaMA-2's safety-first rule: which reward is safety, its threshold.
         adapter: full | lora (the reference, when β > 0, is then the base with the adapter off) | qlora.
         max_kl: stop with TrainingError when the mean per-response KL to the reference exceeds
             this (needs a reference: ``grpo.kl_coef`` > 0); None = no bound.
@@ -180,6 +184,8 @@ class GRPOConfig:
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     reward_weights: list[float] | None = None
+    reward_rule: CombineRule = CombineRule.SUM
+    safety: SafetyFirstSettings = field(default_factory=SafetyFirstSettings)
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     max_kl: float | None = None
     checkpoint_every: int = run_control(default=50)
@@ -303,16 +309,8 @@ class GRPO:
 
         cfg = self.config
         quantization_kwargs(cfg.adapter)
-        rewards = reward_list(refs.pop("reward"))
-        if cfg.reward_weights is not None and len(cfg.reward_weights) != len(rewards):
-            raise ConfigError(
-                f"reward_weights has {len(cfg.reward_weights)} weights for {len(rewards)} rewards "
-                f"({', '.join(map(str, rewards))})"
-            )
-        resolved = [resolve_reward(registry, r) for r in rewards]
-        inputs: dict[str, Any] = dict(resolve_inputs(registry, self, refs))
-        for i, r in enumerate(resolved):
-            inputs["reward" if i == 0 else f"reward_{i + 1}"] = r
+        rewards = resolve_rewards(registry, refs.pop("reward"), cfg)
+        inputs: dict[str, Any] = {**resolve_inputs(registry, self, refs), **rewards}
         return inputs, {"prompts": load_data(cfg.data, "prompt", registry)}
 
     def _train(self, run: StageRun, cfg: GRPOConfig, key: str, ckpt_root: Path) -> None:
@@ -386,18 +384,6 @@ class GRPO:
             )
 
 
-def reward_list(reward: Any) -> list[Any]:
-    """The ``reward`` input as a list: a list as is, a comma-separated string split (the CLI's
-    ``reward=a,b``), anything else alone."""
-    if isinstance(reward, (list, tuple)):
-        if not reward:
-            raise ConfigError("reward: the list of rewards is empty")
-        return list(reward)
-    if isinstance(reward, str) and "," in reward:
-        return [r.strip() for r in reward.split(",") if r.strip()]
-    return [reward]
-
-
 def batch_sizes(cfg: GRPOConfig, prompts: int, processes: int = 1) -> dict[str, int]:
     """The sizes the batch settings give, as the stage prints them at start (docs/stages/grpo.md)."""
     batch, g = cfg.train.batch_size, cfg.grpo.num_generations
@@ -420,20 +406,8 @@ def batch_sizes(cfg: GRPOConfig, prompts: int, processes: int = 1) -> dict[str, 
 def build_models(run: StageRun, cfg: GRPOConfig, accelerator: Any) -> tuple[Any, Any, Any, Any]:
     """The policy (with its LoRA adapter), its tokenizer, the reference (None: none needed, or the
     base with the adapter off) and one scorer for all the rewards."""
-    from alignlab.rewards import CombinedScorer
-
     policy, tok, reference = load_policy(run, cfg, accelerator, needs_reference=cfg.grpo.kl_coef > 0)
-    parts = []
-    for reward in run.inputs.values():
-        if not isinstance(reward, RewardInput):
-            continue
-        if reward.target is not None:
-            parts.append(
-                (reward.ref, reward_model_scorer(reward.target, run, accelerator, cfg.generation.batch_size))
-            )
-        else:
-            parts.append((reward.ref, reward.scorer(run.registry)))
-    return policy, tok, reference, CombinedScorer(parts, cfg.reward_weights)
+    return policy, tok, reference, rl_scorer(run, cfg, accelerator)
 
 
 class GroupSteps:
@@ -548,7 +522,7 @@ class GroupSteps:
             groups_used=have,
             sampling_rounds=rounds,
             sequences=have * G * accelerator.num_processes,
-            **{f"reward/{name}": value for name, value in means.items()},
+            **reward_log(means),
         )
         return entry
 

@@ -37,7 +37,7 @@ from alignlab.errors import ConfigError, TrainingError
 from alignlab.models.adapters import AdapterGroup, AdapterMethod
 from alignlab.models.engines import EngineKind, VLLMSettings
 from alignlab.registry import Artifact, Registry
-from alignlab.rewards import resolve_reward
+from alignlab.rewards import CombineRule, SafetyFirstSettings
 from alignlab.rl.kl import KLControl, KLEstimator, make_kl_controller
 from alignlab.rl.normalization import RewardNormalization, ScoreShaper, score_moments_from_metrics
 from alignlab.stages.contract import Input, Planned
@@ -54,7 +54,9 @@ from alignlab.stages.rl_loop import (
     finish_policy,
     load_policy,
     publish_rl_stage,
-    reward_model_scorer,
+    resolve_rewards,
+    reward_log,
+    rl_scorer,
     rollout_engine,
     run_rl_loop,
     sync_engine,
@@ -255,6 +257,11 @@ class PPOConfig:
         missing_eos_penalty: subtracted from the score of responses without EOS; None = off.
             Source — TRL (off by default).
         critic_init: reward | policy; None = reward with a reward model, policy with a function.
+            With several rewards, ``reward`` means the first one.
+        reward_weights: one weight per reward when ``reward`` lists several (None = all 1).
+        reward_rule: sum | safety_first — how several rewards combine: their weighted sum, or
+            LLaMA-2's safety-first rule (docs/stages/ppo.md "Several reward models").
+        safety: the safety-first rule's settings: which reward is safety, its threshold.
         adapter: full | lora (the reference is then the base with the adapter off) | qlora.
         ptx: the PPO-ptx pretraining term.
         max_kl: stop with TrainingError when the mean per-response KL to the reference exceeds
@@ -281,6 +288,9 @@ class PPOConfig:
     reward_clip: float | None = 5.0
     missing_eos_penalty: float | None = None
     critic_init: CriticInit | None = None
+    reward_weights: list[float] | None = None
+    reward_rule: CombineRule = CombineRule.SUM
+    safety: SafetyFirstSettings = field(default_factory=SafetyFirstSettings)
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     ptx: PTXSettings = field(default_factory=PTXSettings)
     max_kl: float | None = None
@@ -314,7 +324,13 @@ class PPO:
     config_cls = PPOConfig
     inputs = (
         Input("model", doc="the policy to start from (an SFT artifact)"),
-        Input("reward", kinds=("reward_model",), function=True, doc="scores each sampled response"),
+        Input(
+            "reward",
+            kinds=("reward_model",),
+            function=True,
+            several=True,
+            doc="scores each sampled response; several combine by reward_rule",
+        ),
         Input(
             "critic",
             kinds=("reward_model", "model"),
@@ -385,8 +401,8 @@ class PPO:
 
         cfg = self.config
         quantization_kwargs(cfg.adapter)
-        reward = resolve_reward(registry, refs.pop("reward"))  # a reward model or a function: one input
-        inputs: dict[str, Any] = {**resolve_inputs(registry, self, refs), "reward": reward}
+        rewards = resolve_rewards(registry, refs.pop("reward"), cfg)  # reward, reward_2, ...
+        inputs: dict[str, Any] = {**resolve_inputs(registry, self, refs), **rewards}
         check_inputs(cfg, inputs)
         data: dict[str, Any] = {"prompts": load_data(cfg.data, "prompt", registry)}
         if cfg.ptx.source:
@@ -409,7 +425,7 @@ class PPO:
         set_seed(cfg.train.seed)
         models = build_models(run, cfg, accelerator)
         tok = models.tokenizer
-        queries, prompts, _, dropped = encode_prompts_or_fail(tok, run, cfg)
+        queries, prompts, columns, dropped = encode_prompts_or_fail(tok, run, cfg)
         ptx = None
         if "ptx" in run.data:
             ptx = PTXBatches.from_texts(
@@ -431,7 +447,7 @@ class PPO:
             ptx_coef=cfg.ptx.coef,
         )
         with rollout_engine(cfg, trainer, tok) as engine:
-            steps = PPOSteps(cfg, trainer, models, queries, prompts, engine)
+            steps = PPOSteps(cfg, trainer, models, queries, prompts, engine, columns)
             result = run_rl_loop(
                 steps,
                 run,
@@ -478,9 +494,11 @@ class PPOSteps:
         queries: list,
         prompts: list,
         engine: Any | None = None,
+        columns: list[dict[str, Any]] | None = None,
     ) -> None:
         self.cfg, self.trainer, self.models, self.engine = cfg, trainer, models, engine
         self.queries, self.prompts = queries, prompts
+        self.columns = columns or [{} for _ in queries]  # each prompt record's other fields
         self.kl_ctl = make_kl_controller(cfg.kl.control, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
         accelerator = trainer.accelerator
         self.modules = {
@@ -509,9 +527,11 @@ class PPOSteps:
                 shaper=models.shaper,
                 settings=cfg.generation,
                 reference=models.reference,
+                columns=[self.columns[i] for i in rows],
                 engine=self.engine,
             )
         seconds |= synced
+        means = dict(models.scorer.last_means)
         # 2. advantages: per-token KL-penalised rewards, GAE, returns
         beta = self.kl_ctl.value
         experience = trainer.experience(rollout, beta, cfg.kl.estimator)
@@ -524,7 +544,8 @@ class PPOSteps:
         seconds["training"] = time.perf_counter() - training
         self.kl_ctl.update(kl, n_steps=len(rollout))
         # 5. log: the step's history entry
-        return step_entry(step, rollout, kl, beta, stats, seconds, sum(seconds.values()))
+        entry = step_entry(step, rollout, kl, beta, stats, seconds, sum(seconds.values()))
+        return entry | reward_log(means)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kl": self.kl_ctl.state_dict(), "scores": self.models.shaper.state_dict()}
@@ -588,6 +609,11 @@ class _Plan:
 def check_inputs(cfg: PPOConfig, inputs: dict[str, Any]) -> None:
     """The settings that depend on which inputs there are, checked before any work."""
     critic_source_of(cfg, inputs)
+    if cfg.reward_normalization == RewardNormalization.REWARD_MODEL and "reward_2" in inputs:
+        raise ConfigError(
+            "reward_normalization=reward_model uses one reward model's score moments; with several "
+            "rewards use 'running' (the combined score's running moments) or 'none'"
+        )
     if cfg.reward_normalization == RewardNormalization.REWARD_MODEL and not isinstance(
         inputs["reward"].target, (Artifact, Planned)
     ):
@@ -631,12 +657,8 @@ def build_models(run: StageRun, cfg: PPOConfig, accelerator: Any) -> PPOModels:
     from alignlab.rewards import load_reward_model
 
     policy, tok, reference = load_policy(run, cfg, accelerator)
-    reward = run.inputs["reward"]
-    reward_model = reward.target
-    if reward_model is not None:
-        scorer: Any = reward_model_scorer(reward_model, run, accelerator, cfg.generation.batch_size)
-    else:
-        scorer = reward.scorer(run.registry)
+    reward_model = run.inputs["reward"].target
+    scorer = rl_scorer(run, cfg, accelerator)
 
     critic_source = critic_source_of(cfg, run.inputs)
     critic, critic_tok = load_reward_model(critic_source, run.registry)

@@ -23,7 +23,7 @@ from alignlab.errors import ConfigError, DataError
 from alignlab.models.adapters import AdapterGroup
 from alignlab.models.engines import EngineKind
 from alignlab.registry import Artifact, Registry
-from alignlab.rewards import RewardFn, RewardInput, prompt_text, resolve_reward
+from alignlab.rewards import CombineRule, RewardFn, RewardInput, SafetyFirstSettings, prompt_text
 from alignlab.stages.contract import Input
 from alignlab.stages.evaluation import uses_testbed
 from alignlab.stages.groups import DataSource, EvalGroup, TrackingGroup, TrainGroup
@@ -35,6 +35,7 @@ from alignlab.stages.lifecycle import (
     resolve_inputs,
     run_stage,
 )
+from alignlab.stages.rl_loop import combined_scorer, resolve_rewards, reward_log
 
 log = logging.getLogger("alignlab")
 
@@ -107,6 +108,9 @@ class RejectionSamplingConfig:
         data: prompts.
         sampling: best-of-K sampling and selection.
         rounds: sample-select-fine-tune rounds, each sampling from the latest policy.
+        reward_weights: one weight per reward when ``reward`` lists several (None = all 1).
+        reward_rule: sum | safety_first — how several rewards combine (docs/stages/ppo.md).
+        safety: the safety-first rule's settings: which reward is safety, its threshold.
         train: optimisation of the fine-tuning on the selected responses.
         adapter: full | lora | qlora | prompt_tuning.
         loss_on: "assistant" (default: prompt tokens masked out of the loss) or "all".
@@ -121,6 +125,9 @@ class RejectionSamplingConfig:
     data: PromptData = field(default_factory=PromptData)
     sampling: SamplingGroup = field(default_factory=SamplingGroup)
     rounds: int = 1
+    reward_weights: list[float] | None = None
+    reward_rule: CombineRule = CombineRule.SUM
+    safety: SafetyFirstSettings = field(default_factory=SafetyFirstSettings)
     train: TrainGroup = field(default_factory=lambda: TrainGroup(epochs=2.0, lr=5e-4, batch_size=16))
     adapter: AdapterGroup = field(default_factory=AdapterGroup)
     loss_on: Literal["assistant", "all"] = "assistant"
@@ -142,6 +149,9 @@ class SamplingStep:
     data: PromptData
     sampling: SamplingGroup
     round: int
+    reward_weights: list[float] | None = None
+    reward_rule: CombineRule = CombineRule.SUM
+    safety: SafetyFirstSettings = field(default_factory=SafetyFirstSettings)
 
 
 # ---- sampling and selection ---------------------------------------------------------------------
@@ -200,7 +210,13 @@ class RejectionSampling:
     config_cls = RejectionSamplingConfig
     inputs = (
         Input("model", doc="the policy to sample from and fine-tune"),
-        Input("reward", kinds=("reward_model",), function=True, doc="scores the K samples of each prompt"),
+        Input(
+            "reward",
+            kinds=("reward_model",),
+            function=True,
+            several=True,
+            doc="scores the K samples of each prompt; several combine by reward_rule",
+        ),
     )
 
     def __init__(self, config: RejectionSamplingConfig | dict | None = None) -> None:
@@ -218,11 +234,11 @@ class RejectionSampling:
         """Run ``config.rounds`` rounds from the policy ``model``; returns the last policy artifact."""
         cfg = self.config
         registry = registry or Registry()
-        inputs, reward_in, prompts = self._prepare(registry, model, reward)
+        inputs, rewards, prompts = self._prepare(registry, model, reward)
         policy = inputs["model"]
         for round_ in range(1, cfg.rounds + 1):
-            samples = self._sampling_round(registry, policy, reward_in, prompts, round_, force)
-            policy = self._training_round(registry, policy, reward_in, prompts, samples, force)
+            samples = self._sampling_round(registry, policy, rewards, prompts, round_, force)
+            policy = self._training_round(registry, policy, rewards, prompts, samples, force)
         return policy
 
     def output_kind(self) -> str:
@@ -233,19 +249,25 @@ class RejectionSampling:
 
     def _prepare(
         self, registry: Registry, model: Any, reward: Any
-    ) -> tuple[dict[str, Any], RewardInput, Any]:
+    ) -> tuple[dict[str, Any], dict[str, RewardInput], Any]:
         """Everything before sampling: QLoRA can run here, the policy, the reward, the prompts."""
         from alignlab.models.adapters import quantization_kwargs
 
         cfg = self.config
         quantization_kwargs(cfg.adapter)  # fail early when QLoRA cannot run here
         inputs = resolve_inputs(registry, self, {"model": model})
-        reward_in = resolve_reward(registry, reward)
+        rewards = resolve_rewards(registry, reward, cfg)  # reward, reward_2, ...
         prompts = load_data(cfg.data, "prompt", registry)
-        return inputs, reward_in, prompts
+        return inputs, rewards, prompts
 
     def _sampling_round(
-        self, registry: Registry, policy: Any, reward: RewardInput, prompts: Any, round_: int, force: bool
+        self,
+        registry: Registry,
+        policy: Any,
+        rewards: dict[str, RewardInput],
+        prompts: Any,
+        round_: int,
+        force: bool,
     ) -> Artifact:
         cfg = self.config
         step = SamplingStep(
@@ -253,6 +275,9 @@ class RejectionSampling:
             data=cfg.data,
             sampling=cfg.sampling,
             round=round_,
+            reward_weights=cfg.reward_weights,
+            reward_rule=cfg.reward_rule,
+            safety=cfg.safety,
         )
 
         def body(run: StageRun) -> None:
@@ -267,13 +292,16 @@ class RejectionSampling:
                 return
             engine = resolve_engine(cfg.sampling.engine, "sampling.engine")  # before the model loads
             model, tok = load_causal_lm(run.inputs["model"], run.registry, **quantization_kwargs(cfg.adapter))
-            chats = [r["prompt"] for r in run.data["prompts"].records]
+            records = run.data["prompts"].records
+            chats = [r["prompt"] for r in records]
             sampling = cfg.sampling
+            scorer = combined_scorer(run, cfg, lambda reward: reward.scorer(run.registry))
             samples, rewards = sample_and_score(
                 _on_accelerator(model),
                 tok,
-                run.inputs["reward"].scorer(run.registry),
+                scorer,
                 chats,
+                columns=[{k: v for k, v in r.items() if k != "prompt"} for r in records],
                 k=sampling.k,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
@@ -311,6 +339,7 @@ class RejectionSampling:
                     "selected": len(selected),
                     "reward_mean": curves["reward"][1],
                     "selected_reward_mean": sum(r["reward"] for r in selected) / len(selected),
+                    **reward_log(scorer.means()),
                     **{
                         _curve_key(name): {str(n): v for n, v in curve.items()}
                         for name, curve in curves.items()
@@ -331,7 +360,7 @@ class RejectionSampling:
             kind="dataset",
             config=step,
             registry=registry,
-            inputs={"model": policy, "reward": reward},
+            inputs={"model": policy, **rewards},
             data={"prompts": prompts},
             force=force,
             body=body,
@@ -341,7 +370,7 @@ class RejectionSampling:
         self,
         registry: Registry,
         policy: Any,
-        reward: RewardInput,
+        rewards: dict[str, RewardInput],
         prompts: Any,
         samples: Artifact,
         force: bool,
@@ -370,7 +399,7 @@ class RejectionSampling:
         return publish_stage(
             self,
             registry,
-            inputs={"model": policy, "reward": reward},
+            inputs={"model": policy, **rewards},
             data={"prompts": prompts, "train": selected},
             force=force,
             body=body,

@@ -313,6 +313,56 @@ def reward_model_scorer(target: Any, run: StageRun, accelerator: Any, batch_size
     return RewardModelScorer(rm, rm_tok, batch_size=batch_size)
 
 
+def reward_list(reward: Any) -> list[Any]:
+    """The ``reward`` input as a list: a list as is, a comma-separated string split (the CLI's
+    ``reward=a,b``), anything else alone."""
+    if isinstance(reward, (list, tuple)):
+        if not reward:
+            raise ConfigError("reward: the list of rewards is empty")
+        return list(reward)
+    if isinstance(reward, str) and "," in reward:
+        return [r.strip() for r in reward.split(",") if r.strip()]
+    return [reward]
+
+
+def resolve_rewards(registry: Any, reward: Any, cfg: Any) -> dict[str, Any]:
+    """The ``reward`` input, one reward or several, resolved and checked against the config's
+    ``reward_weights`` / ``reward_rule`` / ``safety``: each its own role (``reward``,
+    ``reward_2``, ...), so each is a parent of the output and part of its fingerprint."""
+    from alignlab.rewards import check_combination, resolve_reward
+
+    rewards = reward_list(reward)
+    check_combination([str(r) for r in rewards], cfg.reward_weights, cfg.reward_rule, cfg.safety)
+    return {
+        "reward" if i == 0 else f"reward_{i + 1}": resolve_reward(registry, r) for i, r in enumerate(rewards)
+    }
+
+
+def combined_scorer(run: StageRun, cfg: Any, make: Callable[[Any], Any]) -> Any:
+    """One scorer for the run's rewards (its :class:`~alignlab.rewards.RewardInput` inputs, in
+    role order), combined by the config's rule; ``make(reward_input)`` builds each part."""
+    from alignlab.rewards import CombinedScorer, RewardInput
+
+    parts = [(r.ref, make(r)) for r in run.inputs.values() if isinstance(r, RewardInput)]
+    return CombinedScorer(parts, cfg.reward_weights, cfg.reward_rule, cfg.safety)
+
+
+def rl_scorer(run: StageRun, cfg: Any, accelerator: Any) -> Any:
+    """:func:`combined_scorer` for PPO and GRPO: reward models placed by ``accelerator``."""
+
+    def make(reward: Any) -> Any:
+        if reward.target is not None:
+            return reward_model_scorer(reward.target, run, accelerator, cfg.generation.batch_size)
+        return reward.scorer(run.registry)
+
+    return combined_scorer(run, cfg, make)
+
+
+def reward_log(means: dict[str, float]) -> dict[str, float]:
+    """A step's ``reward/<name>`` log entries: each reward's mean score (and ``safety_share``)."""
+    return {f"reward/{k}": v for k, v in means.items()}
+
+
 @contextmanager
 def rollout_engine(cfg: Any, trainer: Any, tokenizer: Any) -> Iterator[Any | None]:
     """The run's generation engine (``generation.engine``): None for ``hf`` (the policy samples

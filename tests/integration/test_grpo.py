@@ -170,3 +170,36 @@ def test_a_reward_returning_the_wrong_length_is_named(tiny_pipeline) -> None:
     with pytest.raises(ConfigError, match="returned 1 scores for 16 responses"):
         GRPO(_config(output="grpo_len")).run(registry, model=arts["sft"].ref, reward=lambda p, r: [1.0])
     assert registry.list("grpo_len") == []
+
+
+def digit_safety(prompts: list[str], responses: list[str]) -> list[float]:
+    """A stand-in safety reward model: a logit of +4 (safe) for a response without digits, -4
+    (sigmoid 0.02, below LLaMA-2's 0.15) for one with them."""
+    return [-4.0 if any(c.isdigit() for c in r) else 4.0 for r in responses]
+
+
+def test_safety_first_follows_the_safety_reward_where_it_flags_and_is_learned(tiny_pipeline) -> None:
+    registry, arts = tiny_pipeline
+    cfg = _config(
+        output="grpo_safety",
+        data={"limit": 16},
+        train={"max_steps": 8, "lr": 2e-3, "batch_size": 8, "lr_scheduler": "constant"},
+        grpo={"num_generations": 4, "mini_batch_size": 16},
+        generation={"max_new_tokens": 16},
+        reward_rule="safety_first",
+    )
+    art = GRPO(cfg).run(registry, model=arts["sft"].ref, reward=[short_answer, digit_safety])
+    history = art.metrics["history"]
+    flagged = [h["reward/safety_share"] for h in history]
+    for h in history:  # each response scores -4 when flagged, else its 0/1 helpfulness
+        share = h["reward/safety_share"]
+        assert -4.0 * share <= h["reward_score"] <= -4.0 * share + (1 - share) + 1e-6
+    first, last = sum(flagged[:2]) / 2, sum(flagged[-2:]) / 2
+    score_first = sum(h["reward_score"] for h in history[:2]) / 2
+    score_last = sum(h["reward_score"] for h in history[-2:]) / 2
+    print(
+        f"\nsafety-first: flagged share {first:.3f} -> {last:.3f}; score {score_first:.3f} -> {score_last:.3f}"
+    )
+    assert last < first - 0.1, "the policy did not learn to avoid what the safety reward flags"
+    assert score_last > score_first + 0.2
+    assert {"reward_fn", "reward_2_fn"} <= {d["role"] for d in art.data}

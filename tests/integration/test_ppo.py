@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from alignlab.errors import TrainingError
+from alignlab.errors import ConfigError, TrainingError
 from alignlab.stages.ppo import PPO
 
 pytestmark = pytest.mark.integration
@@ -206,20 +206,25 @@ def test_kl_beyond_max_kl_stops_the_run_and_keeps_the_last_checkpoint(
     assert list((tmp_path / "runs" / "ppo_guard").glob("events.out.tfevents.*"))
 
 
-def test_ppo_with_a_reward_model_starts_the_critic_from_it(tiny_pipeline) -> None:
+def _reward_model(registry, sft, name: str):
+    """A reward model initialised from the SFT model (an untrained head): the shape PPO loads."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    registry, arts = tiny_pipeline
-    sft = arts["sft"]
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(sft.path, num_labels=1)
     tok = AutoTokenizer.from_pretrained(sft.path)
     rm.config.pad_token_id = tok.pad_token_id
-    with registry.publishing("ppo_test_rm", kind="reward_model", stage="test", parents=[sft.id]) as pub:
+    with registry.publishing(name, kind="reward_model", stage="test", parents=[sft.id]) as pub:
         rm.save_pretrained(pub.dir)
         tok.save_pretrained(pub.dir)
         pub.metrics.update(score_mean=0.0, score_std=0.5)
-    reward_model = pub.artifact
+    return pub.artifact
+
+
+def test_ppo_with_a_reward_model_starts_the_critic_from_it(tiny_pipeline) -> None:
+    registry, arts = tiny_pipeline
+    sft = arts["sft"]
+    reward_model = _reward_model(registry, sft, "ppo_test_rm")
 
     cfg = _config(output="ppo_rm", reward_normalization="reward_model", missing_eos_penalty=1.0)
     art = PPO(cfg).run(registry, model=sft.ref, reward=reward_model.ref)
@@ -227,6 +232,38 @@ def test_ppo_with_a_reward_model_starts_the_critic_from_it(tiny_pipeline) -> Non
     assert reward_model.id in art.parents and sft.id in art.parents
     assert len(art.metrics["history"]) == 2
     assert all(torch.isfinite(torch.tensor(h["value_loss"])) for h in art.metrics["history"])
+
+
+def digit_safety(prompts: list[str], responses: list[str]) -> list[float]:
+    """A stand-in safety reward: logit +4 without digits, -4 (sigmoid 0.02 < 0.15) with them."""
+    return [-4.0 if any(c.isdigit() for c in r) else 4.0 for r in responses]
+
+
+def test_ppo_combines_a_reward_model_and_a_safety_reward_by_llama2s_rule(tiny_pipeline) -> None:
+    registry, arts = tiny_pipeline
+    sft = arts["sft"]
+    helpful = _reward_model(registry, sft, "ppo_helpful_rm")
+    rewards = [helpful.ref, digit_safety]
+    art = PPO(_config(output="ppo_two", reward_rule="safety_first")).run(
+        registry, model=sft.ref, reward=rewards
+    )
+    assert art.metrics["critic_from"] == helpful.ref  # critic_init=reward: the first reward model
+    assert helpful.id in art.parents and "reward_2_fn" in {d["role"] for d in art.data}
+    for entry in art.metrics["history"]:
+        logged = {k.removeprefix("reward/") for k in entry if k.startswith("reward/")}
+        assert helpful.ref in logged and "safety_share" in logged
+        assert any(k.endswith("digit_safety") for k in logged), logged
+        assert 0.0 <= entry["reward/safety_share"] <= 1.0
+    before = len(registry.list())
+    with pytest.raises(ConfigError, match="reward_normalization=reward_model uses one reward model"):
+        PPO(_config(output="ppo_two_bad", reward_normalization="reward_model")).run(
+            registry, model=sft.ref, reward=rewards
+        )
+    with pytest.raises(ConfigError, match="combines a helpfulness and a safety reward; got 3"):
+        PPO(_config(output="ppo_three", reward_rule="safety_first")).run(
+            registry, model=sft.ref, reward=[*rewards, brevity_reward]
+        )
+    assert len(registry.list()) == before
 
 
 def test_lora_ppo_uses_the_base_as_reference_and_publishes_a_merged_model(tiny_pipeline) -> None:

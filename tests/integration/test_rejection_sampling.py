@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -99,3 +100,35 @@ def test_each_round_samples_from_the_previous_rounds_policy(tiny_pipeline):
     first = registry.get("rs2:v1")
     assert last.ref == "rs2:v2" and first.id in samples_2.parents
     assert samples_2.metrics["round"] == 2 and samples_2.config["round"] == 2
+
+
+def digit_safety(prompts: list[str], responses: list[str]) -> list[float]:
+    """A stand-in safety reward: logit +4 without digits, -4 (sigmoid 0.02 < 0.15) with them."""
+    return [-4.0 if any(c.isdigit() for c in r) else 4.0 for r in responses]
+
+
+def test_rejection_sampling_selects_by_the_combined_reward_and_logs_each(tiny_pipeline):
+    from alignlab.data import load_records
+
+    registry, arts = tiny_pipeline
+    cfg = {
+        "output": "rs_safety",
+        "data": {"limit": 24},
+        "sampling": {"k": 4, "max_new_tokens": 16, "batch_size": 96},
+        "train": {"max_steps": 1, "batch_size": 8},
+        "eval": {"gold": False},
+        "reward_rule": "safety_first",
+    }
+    art = RejectionSampling(cfg).run(registry, model=arts["sft"].ref, reward=[gold_reward_fn, digit_safety])
+    samples = next(registry.get(p) for p in art.parents if registry.get(p).kind == "dataset")
+    logged = {k for k in samples.metrics if k.startswith("reward/")}
+    assert "reward/safety_share" in logged and any(k.endswith("digit_safety") for k in logged), logged
+    assert {"reward_fn", "reward_2_fn"} <= {d["role"] for d in samples.data}
+    selected = load_records(samples.ref, kind="sft", registry=registry)
+    rows = [json.loads(line) for line in (samples.path / "samples.jsonl").read_text().splitlines()]
+    for row in rows:  # a safe sample, when there is one, beats every flagged one
+        safe = [r for r in row["responses"] if not any(c.isdigit() for c in r)]
+        best = row["responses"][row["rewards"].index(max(row["rewards"]))]
+        if safe:
+            assert not any(c.isdigit() for c in best), row
+    assert len(selected) == len(rows) == 24

@@ -68,10 +68,10 @@ def test_overrides_reach_the_entry_config_and_inputs():
         (
             {
                 "name": "t",
-                "stages": [{"name": "a", "stage": "ppo", "inputs": {"model": "m", "reward": ["x", "y"]}}],
+                "stages": [{"name": "a", "stage": "ppo", "inputs": {"model": ["x", "y"], "reward": "r"}}],
             },
             (),
-            r"inputs\.reward: expected a reference string, got \['x', 'y'\]",
+            r"inputs\.model: expected a reference string, got \['x', 'y'\]",  # reward takes a list
         ),
     ],
 )

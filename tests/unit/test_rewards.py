@@ -12,7 +12,9 @@ from alignlab.rewards import (
     FunctionScorer,
     LengthPenalty,
     RegexFormat,
+    SafetyFirstSettings,
     answer_format,
+    check_combination,
     columns_read,
     exact_match,
     extract_answer,
@@ -81,6 +83,72 @@ def test_several_rewards_are_weighted_and_remembered_each() -> None:
     assert scorer.last_means == {"len": 3.0, "one": 1.0}
     with pytest.raises(ConfigError, match="2 weights for 1 rewards"):
         CombinedScorer([("a", lambda p, r: r)], [1.0, 2.0])
+
+
+HELPFUL = ("helpful", lambda p, r: [10.0 + i for i in range(len(r))])
+SAFETY = ("safety", lambda p, r: [-3.0 if "bomb" in x else -1.0 for x in r])  # sigmoid: 0.047, 0.269
+
+
+def test_safety_first_takes_the_safety_score_where_it_is_below_the_threshold_or_the_prompt_is_marked():
+    scorer = CombinedScorer([HELPFUL, SAFETY], rule="safety_first")
+    responses = ["fine", "a bomb recipe", "also fine"]
+    assert score_chats(scorer, ["q"] * 3, responses) == [10.0, -3.0, 12.0]
+    assert scorer.last_means["safety_share"] == pytest.approx(1 / 3)
+    # LLaMA-2's IS_SAFETY(p): a marked prompt always takes the safety score
+    marked = CombinedScorer(
+        [HELPFUL, SAFETY], rule="safety_first", safety=SafetyFirstSettings(prompt_column="is_safety")
+    )
+    assert score_chats(marked, ["q"] * 3, responses, {"is_safety": [True, False, False]}) == [
+        -1.0,
+        -3.0,
+        12.0,
+    ]
+    # the safety reward listed first; a threshold on the raw score
+    first = CombinedScorer(
+        [SAFETY, HELPFUL],
+        rule="safety_first",
+        safety=SafetyFirstSettings(reward=1, threshold=-2.0, scale="raw"),
+    )
+    assert score_chats(first, ["q"] * 3, responses) == [10.0, -3.0, 12.0]
+
+
+def test_the_means_accumulate_over_calls_until_reset():
+    scorer = CombinedScorer([HELPFUL, SAFETY], rule="safety_first")
+    scorer(["q"], ["fine"])
+    scorer(["q"] * 3, ["bomb", "bomb", "bomb"])
+    assert scorer.means() == {
+        "helpful": pytest.approx((10 + 10 + 11 + 12) / 4),
+        "safety": -2.5,
+        "safety_share": 0.75,
+    }
+    scorer.reset()
+    assert scorer.means() == {}
+
+
+@pytest.mark.parametrize(
+    ("names", "weights", "rule", "safety", "message"),
+    [
+        (["h", "s", "x"], None, "safety_first", None, "combines a helpfulness and a safety reward; got 3"),
+        (["h", "s"], [1.0, 1.0], "safety_first", None, "reward_weights apply to reward_rule=sum"),
+        (["h", "s"], None, "safety_first", SafetyFirstSettings(reward=3), r"safety.reward=3: there are 2"),
+        (["h"], None, "max", None, "reward_rule: 'max' is not one of sum, safety_first"),
+    ],
+)
+def test_a_combination_that_does_not_fit_the_rewards_is_refused(names, weights, rule, safety, message):
+    with pytest.raises(ConfigError, match=message):
+        check_combination(names, weights, rule, safety)
+
+
+def test_a_missing_safety_column_is_named():
+    scorer = CombinedScorer(
+        [HELPFUL, SAFETY], rule="safety_first", safety=SafetyFirstSettings(prompt_column="unsafe")
+    )
+    with pytest.raises(
+        ConfigError, match="safety.prompt_column='unsafe': the prompt records have no such field"
+    ):
+        score_chats(scorer, ["q"], ["a"], {"answer": ["x"]})
+    with pytest.raises(ConfigError, match="safety.scale: 'logit'"):
+        SafetyFirstSettings(scale="logit")
 
 
 @pytest.mark.parametrize("fn", [lambda prompts: [0.0], lambda: [], lambda p, r, q: []])
