@@ -7,6 +7,7 @@ Example:
     alignlab eval perplexity pretrain --data "testbed:pretrain?n=200&seed=1"
     alignlab eval mc sft --questions questions.jsonl --shots 5 --calibrate
     alignlab eval winrate ppo sft --prompts testbed:eval --judge gold
+    alignlab eval grade sft --questions mt_bench.jsonl --judge openai:gpt-4o
     alignlab eval rm-accuracy reward_model --data "testbed:preferences?n=500&seed=3"
     alignlab eval best-of-n sft --reward reward_model --n 8
     alignlab eval overopt ppo
@@ -122,12 +123,50 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--prompts", default="testbed:eval?n=100", help="prompt source (default: testbed:eval?n=100)"
     )
     p.add_argument(
-        "--judge", default="gold", help="gold | REWARD_REF | pkg.mod:fn | llm:JUDGE_REF (default gold)"
+        "--judge",
+        default="gold",
+        help="gold | REWARD_REF | pkg.mod:fn | llm:JUDGE_REF | openai:MODEL (default gold)",
     )
+    p.add_argument("--judge-url", default=None, help="openai:MODEL: the endpoint's base URL")
+    p.add_argument("--api-key-env", default=None, help="openai:MODEL: the variable holding its key")
     p.add_argument("--labels", default="12", choices=["12", "AB"], help="the LLM judge's answer labels")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=48)
     engine_option(p, "decodes both policies' answers")
+
+    p = command("grade", _grade, "absolute 1-10 grades of REF's answers by a judge (FastChat single grading)")
+    p.add_argument(
+        "ref",
+        metavar="REF",
+        help="the policy that answers (greedy), or - to grade the file's 'answer' fields",
+    )
+    p.add_argument(
+        "--questions",
+        required=True,
+        help='JSONL {"question", "reference"?, "category"?, "answer"?}; MT-Bench\'s question.jsonl as it is',
+    )
+    p.add_argument(
+        "--judge",
+        required=True,
+        help="llm:MODEL_REF (a local model) or openai:MODEL (an OpenAI-compatible endpoint)",
+    )
+    p.add_argument(
+        "--judge-url", default=None, help="the endpoint's base URL (default https://api.openai.com/v1)"
+    )
+    p.add_argument(
+        "--api-key-env",
+        default=None,
+        help="environment variable holding the endpoint's key (default OPENAI_API_KEY)",
+    )
+    p.add_argument("--judge-max-tokens", type=int, default=None, help="the longest explanation (default 512)")
+    p.add_argument(
+        "--no-relative",
+        action="store_true",
+        help="skip Vicuna's relative score (it grades each reference answer too)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="grade only the first N questions")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="the policy's answer budget (default 256)")
+    p.add_argument("--output", default=None, help="write every grade and rationale to this JSONL file")
 
     p = command("rm-accuracy", _rm_accuracy, "reward-model accuracy on a preference set")
     p.add_argument("ref", metavar="REF", help="a reward model reference (or pkg.mod:fn)")
@@ -280,6 +319,7 @@ def _winrate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         labels=args.labels,
         engine=_engine(args),
+        endpoint={"base_url": args.judge_url, "api_key_env": args.api_key_env},
     )
     lines = [
         f"{result.policy_a} vs {result.policy_b}, judged by {result.judge} on {result.n} prompts:",
@@ -291,6 +331,63 @@ def _winrate(args: argparse.Namespace) -> int:
     if result.position_bias is not None:
         lines.append(f"judge position bias {result.position_bias:+.4f} (cancelled by judging both orders)")
     return _finish(args, registry, result, result.to_metrics(), "eval.winrate", lines)
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from alignlab.eval.grading import grade_answers, load_grading_questions, parse_judge
+
+    registry = Registry(args.registry)
+    questions = load_grading_questions(args.questions)[: args.limit]
+    if args.ref == "-":
+        missing = [i + 1 for i, q in enumerate(questions) if q.answer is None]
+        if missing:
+            raise ConfigError(
+                f"REF '-' grades the file's answers, but question(s) {missing[:5]} have no 'answer'"
+            )
+        answers = [q.answer for q in questions]
+        args.no_store = True
+    else:
+        from alignlab.models import generate, load_causal_lm
+
+        model, tok = load_causal_lm(args.ref, registry)
+        answers = generate(model, tok, [q.question for q in questions], max_new_tokens=args.max_new_tokens)
+        del model
+    judge = parse_judge(
+        args.judge,
+        registry,
+        base_url=args.judge_url,
+        api_key_env=args.api_key_env,
+        max_tokens=args.judge_max_tokens,
+    )
+    result = grade_answers(
+        judge,
+        [q.question for q in questions],
+        answers,  # type: ignore[arg-type]
+        references=[q.reference for q in questions],
+        categories=[q.category for q in questions],
+        relative=not args.no_relative,
+    )
+    if args.output:
+        from alignlab.data import write_records
+
+        write_records(args.output, result.items)
+    mean = "n/a" if result.score_mean is None else f"{result.score_mean:.2f}"
+    lines = [f"{args.ref} graded by {result.judge} on {result.n} questions: mean {mean} / 10"]
+    if result.failed:
+        lines.append(f"{result.failed} answer(s) got no rating from the judge (left out of the means)")
+    if len(result.per_category) > 1:
+        lines += [f"  {name}: {value:.2f}" for name, value in result.per_category.items()]
+    if result.relative_score is not None:
+        lines.append(
+            f"relative score {result.relative_score:.3f} (candidate / reference total; references "
+            f"{result.reference_score_mean:.2f} / 10)"
+        )
+    if result.length_spearman is not None:
+        lines.append(
+            f"length bias: Spearman(length, score) {result.length_spearman:+.3f}; longer half minus "
+            f"shorter half {result.length_gap:+.2f}"
+        )
+    return _finish(args, registry, result, result.to_metrics(args.questions), "eval.grade", lines)
 
 
 def _rm_accuracy(args: argparse.Namespace) -> int:

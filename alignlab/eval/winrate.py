@@ -6,7 +6,9 @@ A's answer is the better one:
 - ``gold``: the testbed's gold scorer (testbed prompts only) — 1, 0 or 0.5 on a tie;
 - a reward model reference or ``"package.module:function"``: the same from its scores;
 - ``llm:JUDGE_REF``: a causal LM asked to compare the two answers, each pair in both orders
-  (see :mod:`alignlab.eval.judge`).
+  (see :mod:`alignlab.eval.judge`);
+- ``openai:MODEL``: an OpenAI-compatible chat endpoint giving FastChat's pairwise verdict, both
+  orders (see :mod:`alignlab.eval.grading`).
 
 ``win_rate = (wins + ties / 2) / n``, where a prompt is a win when P(A better) > 0.5.
 
@@ -40,16 +42,17 @@ class JudgeKind(StrEnum):
     GOLD = "gold"  # the testbed's hidden gold scorer
     REWARD = "reward"  # a reward model or a reward function, pointwise
     LLM = "llm"  # a causal LM comparing the two answers, both orders
+    ENDPOINT = "openai"  # an OpenAI-compatible chat endpoint, FastChat's pairwise verdict, both orders
 
     @property
     def pairwise(self) -> bool:
         """Judges that see both answers at once (and so can be biased by their order)."""
-        return self is JudgeKind.LLM
+        return self in (JudgeKind.LLM, JudgeKind.ENDPOINT)
 
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """A parsed ``--judge`` value: ``gold``, ``REWARD_REF`` or ``llm:JUDGE_REF``."""
+    """A parsed ``--judge`` value: ``gold``, ``REWARD_REF``, ``llm:JUDGE_REF`` or ``openai:MODEL``."""
 
     kind: JudgeKind
     ref: str | None = None
@@ -63,12 +66,21 @@ class JudgeSpec:
             if not spec[4:].strip():
                 raise ConfigError("judge 'llm:' needs a model reference, e.g. llm:sft or llm:./judge-model")
             return cls(JudgeKind.LLM, spec[4:].strip())
+        if spec.startswith("openai:"):
+            if not spec[7:].strip():
+                raise ConfigError("judge 'openai:' needs the model the endpoint serves, e.g. openai:gpt-4o")
+            return cls(JudgeKind.ENDPOINT, spec[7:].strip())
         if not spec:
             raise ConfigError("judge: write gold, a reward model reference, or llm:JUDGE_REF")
         return cls(JudgeKind.REWARD, spec)
 
     def __str__(self) -> str:
-        return {JudgeKind.GOLD: "gold", JudgeKind.LLM: f"llm:{self.ref}"}.get(self.kind, self.ref or "")
+        names = {
+            JudgeKind.GOLD: "gold",
+            JudgeKind.LLM: f"llm:{self.ref}",
+            JudgeKind.ENDPOINT: f"openai:{self.ref}",
+        }
+        return names.get(self.kind, self.ref or "")
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,7 @@ def judge_responses(
     *,
     labels: str = "12",
     judge_obj: Any = None,
+    endpoint: dict[str, Any] | None = None,
 ) -> WinRateResult:
     """Judge two answer lists to the same prompts.
 
@@ -161,16 +174,26 @@ def judge_responses(
         labels: the LLM judge's answer labels ("12" or "AB").
         judge_obj: an already built scorer or :class:`~alignlab.eval.judge.LLMJudge` to use instead
             of loading ``judge`` (tests, or reuse across calls).
+        endpoint: for ``openai:MODEL``, :class:`~alignlab.eval.grading.EndpointSettings` fields
+            (``base_url``, ``api_key_env``, ...).
     """
     spec = judge if isinstance(judge, JudgeSpec) else JudgeSpec.parse(judge)
     if not len(prompts) == len(responses_a) == len(responses_b):
         raise ConfigError(
             f"win rate: {len(prompts)} prompts, {len(responses_a)} and {len(responses_b)} answers"
         )
-    if spec.kind is JudgeKind.LLM:
-        from alignlab.eval.judge import LLMJudge
+    if spec.kind.pairwise:
+        if judge_obj is not None:
+            llm = judge_obj
+        elif spec.kind is JudgeKind.ENDPOINT:
+            from alignlab.eval.grading import EndpointJudge, EndpointSettings
 
-        llm = judge_obj or LLMJudge.load(spec.ref or "", registry, labels=labels)
+            given = {k: v for k, v in (endpoint or {}).items() if v is not None}
+            llm = EndpointJudge(EndpointSettings(model=spec.ref or "", **given))
+        else:
+            from alignlab.eval.judge import LLMJudge
+
+            llm = LLMJudge.load(spec.ref or "", registry, labels=labels)
         verdicts = llm.compare([prompt_text(p) for p in prompts], responses_a, responses_b)
         bias = sum(v.position_bias for v in verdicts) / len(verdicts) if verdicts else 0.0
         return summarize([v.p_a for v in verdicts], str(spec), position_bias=bias)
@@ -233,6 +256,7 @@ def win_rate(
     labels: str = "12",
     batch_size: int = 32,
     engine: str = "hf",
+    endpoint: dict[str, Any] | None = None,
 ) -> WinRateResult:
     """Win rate of ``policy_a`` against ``policy_b``.
 
@@ -248,6 +272,7 @@ def win_rate(
         batch_size: prompts per generation batch.
         engine: what decodes both policies' answers: ``hf`` (transformers' ``generate``),
             ``vllm`` (vLLM loaded with the policy's weights) or ``auto`` (vLLM where it imports).
+        endpoint: the ``openai:MODEL`` judge's endpoint settings (``base_url``, ``api_key_env``).
     """
     from alignlab.models.engines import resolve_engine
 
@@ -264,7 +289,9 @@ def win_rate(
     decoding: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "engine": engine}
     responses_a = answer(policy_a, chats, registry, **decoding)
     responses_b = answer(policy_b, chats, registry, **decoding)
-    result = judge_responses(spec, chats, responses_a, responses_b, registry, labels=labels)
+    result = judge_responses(
+        spec, chats, responses_a, responses_b, registry, labels=labels, endpoint=endpoint
+    )
     return dataclasses.replace(result, policy_a=_ref(policy_a, registry), policy_b=_ref(policy_b, registry))
 
 
