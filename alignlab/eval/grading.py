@@ -29,14 +29,13 @@ answer's length and its score, and the mean score of the longer half minus the s
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from alignlab.errors import AlignlabError, ConfigError
+from alignlab.errors import ConfigError
+from alignlab.models.endpoint import ChatEndpoint, EndpointError, EndpointSettings
 
 Messages = list[dict[str, str]]
 
@@ -80,11 +79,9 @@ PAIR = (
 _VERDICT = re.compile(r"\[\[([ABC])\]\]")
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_LOOSE = re.compile(r"\[(\d+\.?\d*)\]")
-_ERROR_CODE = re.compile(r"^Error code: \d+ - ")  # the openai client's prefix of a server's message
 
 
-class JudgeError(AlignlabError):
-    """The judge could not be reached or answered with an error (names the endpoint)."""
+JudgeError = EndpointError  # the judge's endpoint could not be reached or answered with an error
 
 
 def read_rating(text: str) -> float | None:
@@ -203,79 +200,21 @@ class LocalChatJudge:
         return [float((lp.exp() * values).sum()) for lp in logps]
 
 
-@dataclass
-class EndpointSettings:
-    """An OpenAI-compatible chat endpoint as judge.
-
-    Attributes:
-        model: the model name the endpoint serves (e.g. gpt-4o, or what a local vLLM serves).
-        base_url: the API root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1.
-        api_key_env: the environment variable holding the API key; a local server without
-            authentication needs none (a placeholder key is sent).
-        max_tokens: the longest explanation.
-        temperature: 0: FastChat grades with temperature 0.
-        timeout: seconds per request.
-        max_retries: retries on connection errors and 429/5xx (the openai client's backoff).
-        concurrency: requests in flight at once.
-    """
-
-    model: str
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    max_tokens: int = 512
-    temperature: float = 0.0
-    timeout: float = 60.0
-    max_retries: int = 2
-    concurrency: int = 4
-
-
 class EndpointJudge:
-    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint."""
+    """A judge behind an OpenAI-compatible ``/chat/completions`` endpoint
+    (:class:`~alignlab.models.endpoint.ChatEndpoint`)."""
 
     def __init__(self, settings: EndpointSettings) -> None:
-        from openai import OpenAI
-
-        if not settings.model:
-            raise ConfigError("judge endpoint: name the model it serves (--judge openai:MODEL)")
-        if not re.match(r"https?://", settings.base_url):
-            raise ConfigError(f"judge base URL {settings.base_url!r} must start with http:// or https://")
+        self.endpoint = ChatEndpoint(settings)
         self.settings = settings
-        self.name = f"openai:{settings.model}@{settings.base_url}"
-        key = os.environ.get(settings.api_key_env) or "no-key"  # local servers ignore it
-        self.client = OpenAI(
-            base_url=settings.base_url,
-            api_key=key,
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-        )
-
-    def _one(self, messages: Messages) -> Grade:
-        import openai
-
-        s = self.settings
-        try:
-            reply = self.client.chat.completions.create(
-                model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens
-            )
-        except openai.APIStatusError as err:
-            said = _short(_ERROR_CODE.sub("", err.message))
-            raise JudgeError(
-                f"judge endpoint {s.base_url} answered HTTP {err.status_code} for model {s.model!r}: {said}"
-                + (f" (is ${s.api_key_env} set?)" if err.status_code in (401, 403) else "")
-            ) from None
-        except openai.APIConnectionError as err:
-            raise JudgeError(f"judge endpoint {s.base_url}: cannot connect ({_short(str(err))})") from None
-        choices = getattr(reply, "choices", None) or []
-        text = (choices[0].message.content or "") if choices else ""
-        score = read_rating(text)
-        return Grade(score, text.strip(), "parsed" if score is not None else "failed")
+        self.name = self.endpoint.name
 
     def grade(self, conversations: Sequence[Messages]) -> list[Grade]:
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
-            return list(pool.map(self._one, conversations))
-
-    def _reply(self, messages: Messages) -> str:
-        return self._one(messages).rationale
+        grades = []
+        for text in self.endpoint.complete(conversations):
+            score = read_rating(text)
+            grades.append(Grade(score, text.strip(), "parsed" if score is not None else "failed"))
+        return grades
 
     def p_first(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
         """FastChat's pairwise verdict (pair-v2) per (question, answer shown as A, answer shown as
@@ -287,9 +226,7 @@ class EndpointJudge:
             ]
             for q, a, b in zip(prompts, first, second)
         ]
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
-            replies = list(pool.map(self._reply, conversations))
-        found = [_VERDICT.search(r) for r in replies]
+        found = [_VERDICT.search(r) for r in self.endpoint.complete(conversations)]
         return [{"A": 1.0, "B": 0.0}.get(m.group(1), 0.5) if m else 0.5 for m in found]
 
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[Any]:
@@ -299,11 +236,6 @@ class EndpointJudge:
         a_first = self.p_first(prompts, a, b)
         b_first = self.p_first(prompts, b, a)
         return [PairVerdict(x, 1.0 - y) for x, y in zip(a_first, b_first)]
-
-
-def _short(text: str, width: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ---- grading a set --------------------------------------------------------------------------------

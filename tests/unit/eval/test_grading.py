@@ -157,7 +157,7 @@ def test_endpoint_errors_name_the_endpoint_and_never_raise_a_client_traceback(se
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dead = f"http://127.0.0.1:{port}/v1"
-    with pytest.raises(JudgeError, match=re.escape(f"judge endpoint {dead}: cannot connect")):
+    with pytest.raises(JudgeError, match=re.escape(f"endpoint {dead}: cannot connect")):
         grade_answers(endpoint(dead), ["q"], ["a"])
     with pytest.raises(ConfigError, match="must start with http"):
         EndpointJudge(EndpointSettings(model="m", base_url="127.0.0.1:8000"))
