@@ -42,6 +42,7 @@ __all__ = [
     "Artifact",
     "ConfigError",
     "DataError",
+    "GenerateData",
     "ImportModel",
     "Pretrain",
     "ReferenceNotFound",

@@ -82,6 +82,7 @@ def register_stage(name: str, target: str | type, *, plan_as: str | None = None)
 for _info in (
     StageInfo("tiny_base", "alignlab.stages.tiny_base:TinyBase"),
     StageInfo("import_model", "alignlab.stages.import_model:ImportModel"),
+    StageInfo("generate_data", "alignlab.stages.generate_data:GenerateData"),
     StageInfo("pretrain", "alignlab.stages.pretrain:Pretrain", plan_as="sft"),
     StageInfo("sft", "alignlab.stages.sft:SFT", plan_as="sft"),
     StageInfo("reward_model", "alignlab.stages.reward:RewardModel", plan_as="rm"),
