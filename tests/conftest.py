@@ -51,3 +51,87 @@ def smollm2_tokenizer(smollm2):
 
     registry, art = smollm2
     return load_tokenizer(art.ref, registry)
+
+
+class FakeChatServer:
+    """An OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1 for the judge and teacher
+    tests: ``reply(body)`` gives the assistant's text, or ``(status, error message)`` to fail."""
+
+    def __init__(self, reply) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+        self.seen: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.seen.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+                )
+                answer = reply(body)
+                if isinstance(answer, tuple):
+                    status, payload = answer[0], {"error": {"message": answer[1], "type": "error"}}
+                else:
+                    status = 200
+                    payload = {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": answer},
+                            }
+                        ],
+                    }
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+@pytest.fixture(scope="module")
+def fake_chat_server():
+    """``start(reply) -> FakeChatServer``; every server started is shut down after the module."""
+    started: list[FakeChatServer] = []
+
+    def start(reply) -> FakeChatServer:
+        started.append(FakeChatServer(reply))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.httpd.shutdown()
+
+
+@pytest.fixture
+def tiny_lm(tmp_path):
+    """``make(texts, name="lm") -> folder``: a tiny random LLaMA with a BPE tokenizer trained on
+    ``texts``, saved where the loaders read a local model (judges, teachers)."""
+    from alignlab.models import save_model, tiny_llama, train_bpe_tokenizer
+
+    def make(texts, name: str = "lm"):
+        tok = train_bpe_tokenizer(list(texts) * 3, vocab_size=300)
+        ids = {
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        }
+        save_model(tiny_llama("test", len(tok), **ids), tok, tmp_path / name)
+        return tmp_path / name
+
+    return make

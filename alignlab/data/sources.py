@@ -222,6 +222,25 @@ def read_file(path: Path) -> Iterator[Row]:
     return reader(path)
 
 
+def object_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for each object of a local data file (:func:`read_file`'s types), for the
+    files a command or setting names (``what``: its name in the error of a missing file).
+
+    Raises:
+        DataError: no such file, a line that is not valid JSON, or a row that is not an object
+            (each naming the file and line).
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{what}: no such file: {file}")
+    for where, row in read_file(file):
+        if isinstance(row, RecordError):
+            raise DataError(str(row))
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
+
+
 def _is_saved_dataset(folder: Path) -> bool:
     return (folder / "dataset_dict.json").exists() or (
         (folder / "state.json").exists() and (folder / "dataset_info.json").exists()

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, DataError
 from alignlab.models.endpoint import ChatEndpoint, EndpointError, EndpointSettings
 
 Messages = list[dict[str, str]]
@@ -413,45 +413,30 @@ def _first(value: Any) -> Any:
 
 
 def load_grading_questions(path: str) -> list[GradingQuestion]:
-    """Questions from a JSONL file: ``{question | prompt | turns, reference?, category?, answer?}``.
+    """Questions from a JSONL (or JSON, CSV, parquet) file: ``{question | prompt | turns,
+    reference?, category?, answer?}``.
 
     MT-Bench's own ``question.jsonl`` loads as it is (``turns`` and ``reference`` are lists; the
     first turn is graded). A bad line is a DataError naming the file, line and field.
     """
-    import json
-    from pathlib import Path
+    from alignlab.data.sources import object_rows
 
-    from alignlab.errors import DataError
-
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"no such questions file: {file}")
     out = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{file}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{file}:{number}: expected a JSON object")
+    for where, row in object_rows(path, "questions file"):
         question = _first(row.get("question") or row.get("prompt") or row.get("turns"))
         if not isinstance(question, str) or not question.strip():
             raise DataError(
-                f"{file}:{number}: field 'question' (or 'prompt', 'turns'): a non-empty string is required"
+                f"{where}: field 'question' (or 'prompt', 'turns'): a non-empty string is required"
             )
         fields = {}
         for key in ("reference", "category", "answer"):
             value = _first(row.get(key))
             if value is not None and not isinstance(value, str):
-                raise DataError(
-                    f"{file}:{number}: field '{key}' must be a string, got {type(value).__name__}"
-                )
+                raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
             fields[key] = value
         out.append(GradingQuestion(question, **fields))
     if not out:
-        raise DataError(f"{file}: no questions")
+        raise DataError(f"{path}: no questions")
     return out
 
 

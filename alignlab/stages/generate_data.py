@@ -228,20 +228,10 @@ class Task:
 def load_seed_tasks(path: str) -> list[Task]:
     """Seed tasks from JSONL: Alpaca's rows (``instruction``, ``instances: [{input, output}]``)
     or ``{instruction, input?, output}``. A bad line is a DataError naming file, line and field."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"self_instruct.seed_tasks: no such file: {file}")
+    from alignlab.data.sources import object_rows
+
     tasks = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{file}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object")
+    for where, row in object_rows(path, "self_instruct.seed_tasks"):
         instances = row.get("instances") or [row]
         if not isinstance(instances, list) or not isinstance(instances[0], dict):
             raise DataError(f"{where}: field 'instances' must be a list of {{input, output}} objects")
@@ -256,7 +246,7 @@ def load_seed_tasks(path: str) -> list[Task]:
                 raise DataError(f"{where}: field '{key}' must be a non-empty string")
         tasks.append(Task(values["instruction"].strip(), values["input"].strip(), values["output"].strip()))
     if not tasks:
-        raise DataError(f"{file}: no seed tasks")
+        raise DataError(f"{path}: no seed tasks")
     return tasks
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -50,50 +48,24 @@ def fake_verdict(prompt: str) -> str:
     return f"Comparing both. [[{verdict}]]"
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
-    seen: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeOpenAI.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if body["model"] == "broken":
-            return self._send(500, {"error": {"message": "the judge fell over", "type": "server_error"}})
-        if body["model"] == "locked":
-            return self._send(401, {"error": {"message": "invalid api key", "type": "auth"}})
-        prompt = body["messages"][-1]["content"]
-        content = (
-            fake_verdict(prompt) if "[The Start of Assistant A's Answer]" in prompt else fake_rating(prompt)
-        )
-        reply = {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            ],
-        }
-        self._send(200, reply)
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def fake_judge(body: dict):
+    """Rule judge behind the fake endpoint; the models 'broken' and 'locked' fail as servers do."""
+    if body["model"] == "broken":
+        return 500, "the judge fell over"
+    if body["model"] == "locked":
+        return 401, "invalid api key"
+    prompt = body["messages"][-1]["content"]
+    return fake_verdict(prompt) if "[The Start of Assistant A's Answer]" in prompt else fake_rating(prompt)
 
 
 @pytest.fixture(scope="module")
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+def judge_server(fake_chat_server):
+    return fake_chat_server(fake_judge)
+
+
+@pytest.fixture(scope="module")
+def server(judge_server):
+    return judge_server.url
 
 
 def endpoint(url: str, model: str = "judge-1", **kw) -> EndpointJudge:
@@ -106,9 +78,11 @@ REFERENCES = ["Paris", "Paris", "Paris", None]
 CATEGORIES = ["geo", "geo", "art", "food"]
 
 
-def test_an_endpoint_judge_grades_against_the_reference_and_reports_every_summary(server, monkeypatch):
+def test_an_endpoint_judge_grades_against_the_reference_and_reports_every_summary(
+    server, judge_server, monkeypatch
+):
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    FakeOpenAI.seen.clear()
+    judge_server.seen.clear()
     result = grade_answers(
         endpoint(server, api_key_env="JUDGE_KEY"),
         QUESTIONS,
@@ -127,24 +101,24 @@ def test_an_endpoint_judge_grades_against_the_reference_and_reports_every_summar
     assert [it.get("reference_score") for it in result.items] == [9.0, 9.0, 9.0, None]
     assert result.length_spearman == pytest.approx(spearman([1, 1, 13], [9, 2, 9]))
     # what went over the wire: the OpenAI chat API, the key from the environment, temperature 0
-    first = FakeOpenAI.seen[0]
+    first = judge_server.seen[0]
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test"
     assert first["body"]["temperature"] == 0.0 and first["body"]["model"] == "judge-1"
-    assert len(FakeOpenAI.seen) == 4 + 2 * 3  # 4 grades, then 3 candidates + 3 references
+    assert len(judge_server.seen) == 4 + 2 * 3  # 4 grades, then 3 candidates + 3 references
     guided = [
         s
-        for s in FakeOpenAI.seen
+        for s in judge_server.seen
         if "[The Start of Reference Answer]" in s["body"]["messages"][-1]["content"]
     ]
     assert len(guided) == 3
 
 
-def test_relative_can_be_turned_off(server):
-    FakeOpenAI.seen.clear()
+def test_relative_can_be_turned_off(server, judge_server):
+    judge_server.seen.clear()
     result = grade_answers(
         endpoint(server), QUESTIONS[:2], ANSWERS[:2], references=REFERENCES[:2], relative=False
     )
-    assert result.relative_score is None and len(FakeOpenAI.seen) == 2
+    assert result.relative_score is None and len(judge_server.seen) == 2
 
 
 def test_endpoint_errors_name_the_endpoint_and_never_raise_a_client_traceback(server, monkeypatch):
@@ -214,20 +188,10 @@ def test_questions_load_in_our_form_and_mt_benchs(tmp_path):
         load_grading_questions(str(path))
 
 
-def test_a_local_judge_falls_back_to_its_rating_probabilities(tmp_path):
-    from alignlab.models import save_model, tiny_llama, train_bpe_tokenizer
-
-    tok = train_bpe_tokenizer(["Rating: [[5]] the answer is fine"] * 4, vocab_size=300)
-    model = tiny_llama(
-        "test",
-        len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    save_model(model, tok, tmp_path / "judge")
-    judge = parse_judge(f"llm:{tmp_path / 'judge'}")
-    assert isinstance(judge, LocalChatJudge) and judge.name == f"llm:{tmp_path / 'judge'}"
+def test_a_local_judge_falls_back_to_its_rating_probabilities(tiny_lm):
+    folder = tiny_lm(["Rating: [[5]] the answer is fine"], "judge")
+    judge = parse_judge(f"llm:{folder}")
+    assert isinstance(judge, LocalChatJudge) and judge.name == f"llm:{folder}"
     judge.max_new_tokens = 8
     result = grade_answers(judge, ["2+2?", "3+3?"], ["4", "7"], relative=False)
     assert all(it["how"] in {"parsed", "probabilities"} for it in result.items)
@@ -247,21 +211,17 @@ def _cli(registry_root, *argv: str) -> int:
     return args.func(args)
 
 
-def test_eval_grade_on_the_command_line_grades_a_policy_and_stores_the_result(server, tmp_path, capsys):
-    from alignlab.models import save_model, tiny_llama, train_bpe_tokenizer
+def test_eval_grade_on_the_command_line_grades_a_policy_and_stores_the_result(
+    server, tmp_path, tiny_lm, capsys
+):
+    import shutil
+
     from alignlab.registry import Registry
 
     registry = Registry(tmp_path / "registry")
-    tok = train_bpe_tokenizer(["Paris is the capital of France."] * 4, vocab_size=300)
-    model = tiny_llama(
-        "test",
-        len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    folder = tiny_lm(["Paris is the capital of France."], "policy")
     with registry.publishing("policy", kind="model", stage="test", parents=["hf:none"]) as pub:
-        save_model(model, tok, pub.dir)
+        shutil.copytree(folder, pub.dir, dirs_exist_ok=True)
     questions = tmp_path / "q.jsonl"
     questions.write_text(
         json.dumps(
@@ -301,11 +261,11 @@ def test_eval_grade_on_the_command_line_grades_a_policy_and_stores_the_result(se
     assert result["per_category"] == {"food": 2.0, "geo": 9.0} and result["relative_score"] == 1.0
 
 
-def test_the_endpoint_gives_fastchats_pairwise_verdict_in_both_orders_for_the_win_rate(server):
+def test_the_endpoint_gives_fastchats_pairwise_verdict_in_both_orders_for_the_win_rate(server, judge_server):
     from alignlab.eval.winrate import JudgeKind, JudgeSpec, judge_responses
 
     assert JudgeSpec.parse("openai:judge-1").kind is JudgeKind.ENDPOINT and JudgeKind.ENDPOINT.pairwise
-    FakeOpenAI.seen.clear()
+    judge_server.seen.clear()
     result = judge_responses(
         "openai:judge-1",
         ["Capital?", "Capital?", "Capital?"],
@@ -316,4 +276,4 @@ def test_the_endpoint_gives_fastchats_pairwise_verdict_in_both_orders_for_the_wi
     assert result.preferences == (1.0, 0.0, 0.5)
     assert (result.wins, result.losses, result.ties) == (1, 1, 1) and result.win_rate == 0.5
     assert result.position_bias == 0.0 and result.judge == "openai:judge-1"
-    assert len(FakeOpenAI.seen) == 6  # each pair in both orders
+    assert len(judge_server.seen) == 6  # each pair in both orders

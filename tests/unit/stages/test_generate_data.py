@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -149,8 +147,8 @@ def teacher_reply(prompt: str) -> str:
     if "come up with a set of" not in prompt:  # imitation: answer the question
         return f"A careful answer to: {prompt[:40]}"
     start = int(re.findall(r"(\d+)\. Instruction:\s*$", prompt)[0])
-    call = TeacherServer.calls
-    TeacherServer.calls += 1
+    call = Teacher.calls
+    Teacher.calls += 1
     tasks = [
         (f"Explain topic number {call} to a child.", "<noinput>", f"Topic {call} is simple."),
         ("Explain the water cycle briefly.", "<noinput>", "Water evaporates, condenses and falls."),
@@ -164,43 +162,13 @@ def teacher_reply(prompt: str) -> str:
     return "\n".join(lines)
 
 
-class TeacherServer(BaseHTTPRequestHandler):
+class Teacher:
     calls = 0
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        content = teacher_reply(body["messages"][-1]["content"])
-        data = json.dumps(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": content},
-                    }
-                ],
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")
-def teacher_url():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), TeacherServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+def teacher_url(fake_chat_server):
+    return fake_chat_server(lambda body: teacher_reply(body["messages"][-1]["content"])).url
 
 
 def test_self_instruct_against_an_endpoint_publishes_a_filtered_cleaned_dataset_with_its_lineage(
@@ -210,7 +178,7 @@ def test_self_instruct_against_an_endpoint_publishes_a_filtered_cleaned_dataset_
 
     registry = Registry(tmp_path / "registry")
     seeds = write_seeds(tmp_path)
-    TeacherServer.calls = 0
+    Teacher.calls = 0
     cfg = {
         "output": "alpaca_like",
         "self_instruct": {"seed_tasks": str(seeds), "num_tasks": 5, "tasks_per_prompt": 3},
@@ -261,23 +229,13 @@ def test_imitation_answers_every_prompt_with_the_teacher(tmp_path, teacher_url):
     assert art.metrics["requests"] == 3 and {d["role"] for d in art.data} >= {"prompts", "teacher"}
 
 
-def test_a_teacher_that_writes_no_task_publishes_nothing(tmp_path):
-    from alignlab.models import save_model, tiny_llama, train_bpe_tokenizer
-
+def test_a_teacher_that_writes_no_task_publishes_nothing(tmp_path, tiny_lm):
     registry = Registry(tmp_path / "registry")
-    tok = train_bpe_tokenizer(["Instruction: say hi. Output: hi"] * 4, vocab_size=300)
-    model = tiny_llama(
-        "test",
-        len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    save_model(model, tok, tmp_path / "teacher")
+    teacher = tiny_lm(["Instruction: say hi. Output: hi"], "teacher")
     cfg = {
         "self_instruct": {"seed_tasks": str(write_seeds(tmp_path)), "num_tasks": 2, "max_requests": 2},
         "sampling": {"max_new_tokens": 8},
     }
     with pytest.raises(DataError, match=r"produced no usable record in 2 request\(s\)"):
-        GenerateData(cfg).run(registry, teacher=str(tmp_path / "teacher"))
+        GenerateData(cfg).run(registry, teacher=str(teacher))
     assert registry.list() == []
