@@ -200,7 +200,12 @@ def test_rejection_sampling_on_the_real_model(smollm2, base_state):
     _lora_trained(out, registry, base_state)
 
 
-def test_ppo_lora_on_the_real_model(smollm2, base_state):
+def digit_safety(prompts: list[str], responses: list[str]) -> list[float]:
+    """A stand-in safety reward: logit +4 without digits, -4 (sigmoid 0.02 < 0.15) with them."""
+    return [-4.0 if any(c.isdigit() for c in r) else 4.0 for r in responses]
+
+
+def test_ppo_lora_on_the_real_model_under_llama2s_safety_first_rule(smollm2, base_state):
     from alignlab.stages.ppo import PPO
 
     registry, art = smollm2
@@ -214,10 +219,12 @@ def test_ppo_lora_on_the_real_model(smollm2, base_state):
             "adapter": LORA,
             "checkpoint_every": 0,
             "eval": {"gold": False},
+            "reward_rule": "safety_first",
         }
-    ).run(registry, model=art.ref, reward="alignlab.testbed:gold_reward_fn")
+    ).run(registry, model=art.ref, reward=["alignlab.testbed:gold_reward_fn", digit_safety])
     history = out.metrics["history"]
     assert len(history) == 2 and math.isfinite(out.metrics["kl_to_reference"])
+    assert all(0.0 <= h["reward/safety_share"] <= 1.0 for h in history)
     assert all(math.isfinite(h["policy_loss"]) and math.isfinite(h["value_loss"]) for h in history)
     _lora_trained(out, registry, base_state)
 
