@@ -232,9 +232,9 @@ def plan(recipe: Recipe) -> list[str]:
     names = {e.name for e in recipe.entries}
     for i, e in enumerate(recipe.entries, 1):
         ins = ", ".join(
-            f"{role}={r}{' (entry)' if r in names else ''}"
+            f"{role if j == 0 else f'{role}_{j + 1}'}={r}{' (entry)' if r in names else ''}"
             for role, ref in e.inputs.items()
-            for r in (ref if isinstance(ref, list) else [ref])
+            for j, r in enumerate(ref if isinstance(ref, list) else [ref])
         )
         lines.append(f"  {i}. {e.name}: {e.stage}({ins or 'no inputs'}) -> artifact '{e.config.output}'")
     return lines
