@@ -180,7 +180,10 @@ def canonicalize(
         source: names the rows in messages and in the result.
         origin, artifact: lineage, passed through to the result.
     """
+    from alignlab.data.messages import reset_loose_warnings
+
     kind, format = _check_options(kind, format, limit)
+    reset_loose_warnings()  # each loose form this load converts warns once
     report = LoadReport(source=source)
     records: list[dict[str, Any]] = []
     formats: set[str] = set()

@@ -34,11 +34,16 @@ logger = logging.getLogger("alignlab.data")
 _warned: set[str] = set()
 
 
+def reset_loose_warnings() -> None:
+    """Start a new load: each loose form warns again once (:func:`warn_loose`)."""
+    _warned.clear()
+
+
 def warn_loose(key: str, where: str, message: str) -> None:
-    """Log a warning about a loose form that was converted, once per ``key`` and process.
+    """Log a warning about a loose form that was converted, once per ``key`` and load.
 
     A dump written one way is usually written that way on every line; one warning (naming the
-    first record) says so without flooding the log.
+    first record) says so without flooding the log. A load starts with :func:`reset_loose_warnings`.
     """
     if key not in _warned:
         _warned.add(key)
@@ -307,6 +312,7 @@ __all__ = [
     "parse_messages",
     "parse_tool_calls",
     "parse_tools",
+    "reset_loose_warnings",
     "warn_loose",
     "parse_transcript",
     "prompt_of",

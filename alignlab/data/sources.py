@@ -373,6 +373,9 @@ def open_source(source: str, *, kind: RecordKind, registry: Any = None, split: s
         DataError: a missing file (naming the path), an unreadable file, or a name that is none
             of the above.
     """
+    from alignlab.data.messages import reset_loose_warnings
+
+    reset_loose_warnings()  # a new load: each loose form it converts warns once
     opened = _open(source, kind=kind, registry=registry, split=split)
     return dataclasses.replace(opened, rows=oasst.assemble(opened.rows))
 

@@ -334,11 +334,13 @@ class LocalTeacher:
 
     def __init__(self, model: Any, tokenizer: Any, sampling: TeacherSampling, name: str) -> None:
         self.model, self.tokenizer, self.sampling, self.name = model, tokenizer, sampling, name
+        self.calls = 0  # each batch samples with its own seed (sampling.seed + batch number)
 
     def complete(self, conversations: list[list[dict[str, str]]], temperature: float) -> list[str]:
         from alignlab.models import generate
 
         s = self.sampling
+        self.calls += 1
         return generate(
             self.model,
             self.tokenizer,
@@ -348,7 +350,7 @@ class LocalTeacher:
             temperature=temperature if temperature > 0 else 1.0,
             top_p=s.top_p,
             batch_size=s.batch_size,
-            seed=s.seed,
+            seed=s.seed + self.calls,
         )
 
 

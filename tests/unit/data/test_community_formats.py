@@ -223,3 +223,14 @@ def test_the_flat_oasst_table_is_grouped_into_trees_when_loaded(tmp_path):
     assert rankings.records == canonical_records(TREE, "auto", "ranking", W)
     with pytest.raises(RecordError, match=r"oasst1\.jsonl:3: an OASST reply whose parent message 'gone'"):
         load_records(str(path), kind="sft")
+
+
+def test_each_load_of_a_loose_dump_warns_once(tmp_path, caplog):
+    path = tmp_path / "dump.jsonl"
+    rows = [sharegpt_call("map_search('Paris')") for _ in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="alignlab.data"):
+        for _ in range(2):
+            assert len(load_records(str(path), kind="sft")) == 3
+    warnings = [r.getMessage() for r in caplog.records if "Python-style call" in r.getMessage()]
+    assert len(warnings) == 2 and all(w.startswith(f"{path}:1") for w in warnings)
