@@ -281,7 +281,8 @@ class GradingResult:
         for key in ("relative_score", "reference_score_mean", "length_spearman", "length_gap"):
             if getattr(self, key) is not None:
                 out[f"grade_{key}"] = getattr(self, key)
-        out.update({f"grade_{c}": v for c, v in self.per_category.items() if len(self.per_category) > 1})
+        if len(self.per_category) > 1:
+            out["grade_per_category"] = dict(self.per_category)
         return out
 
 

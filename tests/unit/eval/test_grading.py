@@ -253,6 +253,7 @@ def test_eval_grade_on_the_command_line_grades_a_policy_and_stores_the_result(
     assert "graded by openai:judge-1@" in printed and "relative score" in printed
     stored = registry.get("policy").metrics
     assert stored["grade_n"] == 2 and 1.0 <= stored["grade_mean"] <= 9.0
+    assert set(stored["grade_per_category"]) == {"geo", "food"}
     assert len(out_file.read_text().splitlines()) == 2
     # '-': the file's own answers, nothing stored
     assert _cli(registry.root, "eval", "grade", "-", "--questions", str(questions), *judge, "--json") == 0
