@@ -11,6 +11,7 @@ and concurrency"): nothing half-written is ever listed, every listed artifact ve
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,5 +279,6 @@ def test_a_multi_process_run_waits_for_an_identical_run_longer_than_the_collecti
         time.sleep(8)
     out = waiters.communicate(timeout=120)[0].decode()
     assert waiters.returncode == 0, out[-3000:]
-    waited = sorted(float(line.split()[-1]) for line in out.splitlines() if " waited " in line)
+    # both ranks write to one pipe: their lines can interleave ("rank 0 waited 6.0rank 1 waited 6.0")
+    waited = sorted(float(t) for _, t in re.findall(r"rank (\d) waited (\d+\.\d)", out))
     assert len(waited) == 2 and waited[0] > 4, out[-3000:]
