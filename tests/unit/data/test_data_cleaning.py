@@ -171,19 +171,8 @@ def test_semantic_dedup_model_must_be_a_local_folder(tmp_path: Path):
         CleaningConfig(steps=["semantic_dedup"])
 
 
-def test_semantic_dedup_loads_a_local_model_with_mean_pooling(tmp_path: Path):
-    from alignlab.models import tiny_llama, train_bpe_tokenizer
-
-    tok = train_bpe_tokenizer(["the cat sat on the mat", "dogs bark loudly at night"] * 5, vocab_size=300)
-    model = tiny_llama(
-        "test",
-        len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model.save_pretrained(tmp_path / "enc")
-    tok.save_pretrained(tmp_path / "enc")
+def test_semantic_dedup_loads_a_local_model_with_mean_pooling(tmp_path: Path, tiny_lm):
+    tiny_lm(["the cat sat on the mat", "dogs bark loudly at night"], "enc")
     encode = load_encoder(str(tmp_path / "enc"))
     vectors = encode(["the cat sat", "dogs bark loudly at night, every night"])
     assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

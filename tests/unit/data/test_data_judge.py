@@ -18,14 +18,14 @@ from alignlab.data.judge import (
     pair_prompt,
     single_prompt,
 )
-from alignlab.models import save_model, tiny_llama, train_bpe_tokenizer
+from alignlab.models import train_bpe_tokenizer
+
+JUDGE_TEXTS = ["Rate the response from 1 to 5.", "good answer", "bad answer"]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_bpe_tokenizer(
-        ["Rate the response from 1 to 5.", "good answer", "bad answer"] * 3, vocab_size=300
-    )
+    return train_bpe_tokenizer(JUDGE_TEXTS * 3, vocab_size=300)
 
 
 class FakeJudge(torch.nn.Module):
@@ -126,15 +126,8 @@ def test_what_the_judge_sees_of_each_record_kind():
     assert "Conversation:\n[…] " + "x" * 10 + "\n" in single_prompt("x" * 50, "r", "relevance", max_chars=10)
 
 
-def test_judge_step_with_a_real_tiny_model_loaded_by_reference(tmp_path: Path, tok):
-    model = tiny_llama(
-        "test",
-        len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    save_model(model, tok, tmp_path / "judge")
+def test_judge_step_with_a_real_tiny_model_loaded_by_reference(tmp_path: Path, tiny_lm):
+    tiny_lm(JUDGE_TEXTS, "judge")
     records = [{"text": f"document number {i}"} for i in range(3)]
     keep_all = CleaningConfig(
         steps=["judge"],
@@ -155,15 +148,8 @@ def test_the_default_threshold_is_alpagasus_4_5():
     assert JudgeSettings().threshold == 4.5
 
 
-def test_a_dropped_record_carries_the_judges_justification_in_the_report(tmp_path: Path, tok):
-    model = tiny_llama(
-        "test",
-        len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    save_model(model, tok, tmp_path / "judge")
+def test_a_dropped_record_carries_the_judges_justification_in_the_report(tmp_path: Path, tiny_lm):
+    tiny_lm(JUDGE_TEXTS, "judge")
     records = [{"text": f"document number {i}"} for i in range(2)]
     settings = JudgeSettings(
         model=str(tmp_path / "judge"), threshold=5.0, criteria=["clarity"], explain=True, explain_tokens=6
