@@ -43,7 +43,7 @@ from alignlab.errors import ConfigError, DataError
 from alignlab.registry import Artifact, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.groups import DataSource
-from alignlab.stages.lifecycle import StageRun, load_data, publish_stage, resolve_inputs
+from alignlab.stages.lifecycle import SourceRecord, StageRun, load_data, publish_stage, resolve_inputs
 
 log = logging.getLogger("alignlab")
 
@@ -378,16 +378,6 @@ class EndpointTeacher:
         return self.endpoint.complete(conversations, temperature=temperature, top_p=self.sampling.top_p)
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    """A file or an endpoint as a source of the run (``Artifact.data``): named, fingerprinted."""
-
-    source: str
-    fingerprint: str
-    records: tuple[()] = ()
-    artifact: None = None
-
-
 # ---- the stage --------------------------------------------------------------------------------------
 
 
@@ -436,13 +426,13 @@ class GenerateData:
         data: dict[str, Any] = {}
         if cfg.endpoint.model:
             name = f"openai:{cfg.endpoint.model}@{cfg.endpoint.base_url}"
-            data["teacher"] = SourceFile(name, hashlib.sha256(name.encode()).hexdigest()[:16])
+            data["teacher"] = SourceRecord(name, hashlib.sha256(name.encode()).hexdigest()[:16])
         if cfg.mode == GenerationMode.SELF_INSTRUCT:
             seeds = cfg.self_instruct.seed_tasks or ""
             if not seeds:
                 raise ConfigError("self_instruct.seed_tasks: self-instruct needs a JSONL file of seed tasks")
             load_seed_tasks(seeds)  # a bad seed file fails here, before any model loads
-            data["seed_tasks"] = SourceFile(
+            data["seed_tasks"] = SourceRecord(
                 str(Path(seeds).expanduser().resolve()), sha256_of(Path(seeds).expanduser())
             )
         else:

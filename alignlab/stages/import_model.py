@@ -17,7 +17,7 @@ from alignlab.config import load_config
 from alignlab.registry import Artifact, ExternalRef, Registry
 from alignlab.stages.contract import Input
 from alignlab.stages.groups import EvalGroup
-from alignlab.stages.lifecycle import StageRun, publish_stage, resolve_inputs
+from alignlab.stages.lifecycle import SourceRecord, StageRun, publish_stage, resolve_inputs
 from alignlab.stages.tiny_base import save_base
 
 log = logging.getLogger("alignlab")
@@ -38,16 +38,6 @@ class ImportModelConfig:
     output: str = "base"
     trust_remote_code: bool = False
     eval: EvalGroup = field(default_factory=lambda: EvalGroup(gold=False, gold_n=100))
-
-
-@dataclass(frozen=True)
-class WeightsFile:
-    """A weights file as a source of the run (``Artifact.data``): its path and sha256."""
-
-    source: str
-    fingerprint: str
-    records: tuple[()] = ()
-    artifact: None = None
 
 
 class ImportModel:
@@ -79,7 +69,7 @@ class ImportModel:
         if isinstance(target, ExternalRef) and target.is_local and Path(target.location).is_file():
             from alignlab.registry import sha256_of
 
-            data["weights"] = WeightsFile(target.location, sha256_of(target.location))
+            data["weights"] = SourceRecord(target.location, sha256_of(target.location))
 
         def body(run: StageRun) -> None:
             from alignlab.models import load_causal_lm

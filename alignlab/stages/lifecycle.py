@@ -105,6 +105,17 @@ def load_data(data: Any, kind: str, registry: Registry, source: str | None = Non
     )
 
 
+@dataclass(frozen=True)
+class SourceRecord:
+    """A file (or an endpoint) as a source of a run (``Artifact.data``), beside loaded records:
+    named by ``source`` and fingerprinted (a file's sha256), with no records of its own."""
+
+    source: str
+    fingerprint: str
+    records: tuple[()] = ()
+    artifact: None = None
+
+
 def data_entry(role: str, records: Any) -> dict[str, Any]:
     """The lineage record of one loaded data source (alignlab.data.Records)."""
     return {
